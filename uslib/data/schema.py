@@ -1,0 +1,51 @@
+"""The one record schema shared by every data source (ARCHITECTURE.md, 'Data flow').
+
+A record is a plain dict so that torch's ``default_collate`` batches it. Missing values use
+sentinels rather than ``None`` (which cannot be collated):
+
+================  =====================================  ===========================
+key               type                                   missing value
+================  =====================================  ===========================
+``image``         float32 tensor (C, H, W) in [0, 1]     (required)
+``mask``          int64 tensor (H, W), 0 = background    all-zero, ``has_mask`` False
+``has_mask``      bool                                   False
+``label``         int                                    ``UNLABELLED`` (-1)
+``dataset``       str                                    (required)
+``organ``         str                                    ""
+``patient_id``    str                                    ""  (falls back to video_id)
+``video_id``      str                                    ""
+``frame_idx``     int                                    -1
+``spacing``       float, mm per pixel                    0.0 (unknown)
+``meta``          dict of JSON-able extras               {}
+================  =====================================  ===========================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+UNLABELLED = -1
+"""Label of an unlabelled item (USCL's code uses 9999; we use -1 and say so)."""
+
+RECORD_KEYS: tuple[str, ...] = (
+    "image",
+    "mask",
+    "has_mask",
+    "label",
+    "dataset",
+    "organ",
+    "patient_id",
+    "video_id",
+    "frame_idx",
+    "spacing",
+    "meta",
+)
+
+
+def group_of(record: dict[str, Any]) -> str:
+    """The split-grouping key of a record: patient if known, else video, else dataset+frame."""
+    return str(
+        record.get("patient_id")
+        or record.get("video_id")
+        or f"{record.get('dataset', '')}:{record.get('frame_idx', '')}"
+    )
