@@ -2,9 +2,9 @@
 
 One home per value: paper values live in a config class's ``PRESETS["paper"]`` (citing the paper
 section), smoke values are the dataclass defaults, and notebooks or the CLI only pick a profile and
-pass a few overrides. Overrides that are ``None`` are dropped (timm's rule), unknown keys are rejected
-with the valid ones listed, and nested sub-configs are overridden with a dict or a dotted key
-(``optim.lr=1e-3``).
+pass a few overrides. Overrides that are ``None`` are dropped (timm's rule), unknown keys are
+rejected with the valid ones listed, and nested sub-configs are overridden with a dict or a
+dotted key (``optim.lr=1e-3``).
 """
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ class OptimConfig(ConfigBase):
     lr: float = 1e-3
     min_lr: float = 0.0
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine wd schedule end (DINO/iBOT); None: fixed
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9  # sgd only
     schedule: str = "cosine"  # cosine | constant

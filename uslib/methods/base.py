@@ -16,6 +16,10 @@ class Method(nn.Module):
     submodules with ``requires_grad_(False)`` and in ``eval()`` mode (see ``train``).
     """
 
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Alias of ``training_step``, so DDP wrappers see a normal forward call."""
+        return self.training_step(batch)
+
     def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """One forward pass on a batch; returns ``{"loss": scalar, **named_parts}``."""
         raise NotImplementedError

@@ -1,0 +1,139 @@
+"""Tests of uslib.engine: overfitting, exact resume, atomic checkpoints, NaN guard, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from engine_toys import ToyImages, ToyRegressor
+
+from uslib.config import OptimConfig
+from uslib.engine import NonFiniteLossError, fit, param_groups, warmup_cosine
+from uslib.engine.checkpoint import latest_checkpoint
+
+OPT = OptimConfig(
+    optimizer="adamw",
+    lr=3e-3,
+    weight_decay=0.0,
+    batch_size=4,
+    epochs=6,
+    warmup_epochs=1,
+    checkpoint_every=0,
+)
+
+
+def _weights(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_overfits_eight_images() -> None:
+    method = ToyRegressor()
+    hist = fit(method, ToyImages(8), OPT.replace(epochs=25, lr=1e-2, batch_size=8), progress=False)
+    losses = hist.to_frame()["loss"].tolist()
+    assert len(losses) == 25
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path) -> None:
+    opt = OPT.replace(checkpoint_every=2)
+    ref = ToyRegressor()
+    h_ref = fit(ref, ToyImages(12), opt, run_dir=tmp_path / "a", progress=False)
+
+    first = ToyRegressor()
+    fit(first, ToyImages(12), opt, run_dir=tmp_path / "b", stop_at_step=5, progress=False)
+    assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step_0000005"
+    second = ToyRegressor(seed=123)  # different init: everything must come from the checkpoint
+    h_res = fit(second, ToyImages(12), opt, run_dir=tmp_path / "b", progress=False)
+
+    assert [r["loss"] for r in h_res.steps] == [r["loss"] for r in h_ref.steps]
+    assert h_res.epochs == h_ref.epochs
+    for k, v in _weights(ref).items():
+        assert torch.equal(v, _weights(second)[k]), k
+
+
+def test_crash_during_checkpoint_keeps_previous(tmp_path, monkeypatch) -> None:
+    opt = OPT.replace(checkpoint_every=2, epochs=2)
+    fit(ToyRegressor(), ToyImages(8), opt, run_dir=tmp_path, stop_at_step=2, progress=False)
+    good = latest_checkpoint(tmp_path / "checkpoints")
+    assert good is not None and good.name == "step_0000002"
+
+    import accelerate
+
+    real_save = accelerate.Accelerator.save_state
+
+    def crashing_save(self, output_dir=None, **kw):
+        real_save(self, output_dir, **kw)  # files written into the .tmp folder...
+        raise KeyboardInterrupt("power cut")  # ...then the process dies before the rename
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyRegressor(), ToyImages(8), opt, run_dir=tmp_path, progress=False)
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", real_save)
+
+    assert latest_checkpoint(tmp_path / "checkpoints") == good
+    resumed = fit(ToyRegressor(), ToyImages(8), opt, run_dir=tmp_path, progress=False)
+    assert resumed.steps[-1]["step"] == 4
+
+
+def test_nan_guard_names_step_and_parts(tmp_path) -> None:
+    opt = OPT.replace(checkpoint_every=1, epochs=2)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 .*'mse'"):
+        fit(ToyRegressor(nan_at_call=4), ToyImages(8), opt, run_dir=tmp_path, progress=False)
+    last = latest_checkpoint(tmp_path / "checkpoints")
+    assert last is not None and last.name == "step_0000003"
+
+
+def test_gradient_accumulation_matches_large_batch() -> None:
+    a, b = ToyRegressor(), ToyRegressor()
+    fit(a, ToyImages(16), OPT.replace(batch_size=8, epochs=2), progress=False)
+    fit(b, ToyImages(16), OPT.replace(batch_size=4, accumulate_steps=2, epochs=2), progress=False)
+    for k, v in _weights(a).items():
+        torch.testing.assert_close(v, _weights(b)[k], rtol=1e-4, atol=1e-5)
+
+
+def test_epoch_callbacks_and_validation() -> None:
+    seen = []
+    hist = fit(
+        ToyRegressor(),
+        ToyImages(8),
+        OPT.replace(epochs=3),
+        val_data=ToyImages(4, seed=1),
+        callbacks=[lambda e, m: seen.append(m.training) or {"cb": float(e)}],
+        progress=False,
+    )
+    assert [r["epoch"] for r in hist.epochs] == [0, 1, 2]
+    assert all("val_loss" in r and r["cb"] == r["epoch"] for r in hist.epochs)
+    assert seen == [False, False, False]  # callbacks run in eval mode
+    assert hist.best_epoch("val_loss")["epoch"] in (0, 1, 2)
+
+
+def test_warmup_hold_cosine_values() -> None:
+    kw = dict(total_steps=20, base=1.0, final=0.0, warmup_steps=4, hold_steps=6)
+    assert warmup_cosine(0, **kw) == 0.0
+    assert warmup_cosine(2, **kw) == 0.5
+    assert warmup_cosine(4, **kw) == warmup_cosine(9, **kw) == 1.0
+    assert math.isclose(warmup_cosine(15, **kw), 0.5)  # half-way through the 10 cosine steps
+    assert warmup_cosine(20, **kw) == 0.0
+    assert warmup_cosine(15, **{**kw, "kind": "constant"}) == 1.0
+    with pytest.raises(ValueError, match="linear"):
+        warmup_cosine(0, 10, 1.0, kind="linear")
+
+
+def test_lr_follows_schedule_in_fit() -> None:
+    hist = fit(
+        ToyRegressor(),
+        ToyImages(8),
+        OPT.replace(epochs=4, warmup_epochs=1, batch_size=4, hold_epochs=1),
+        progress=False,
+    )
+    lrs = [r["lr"] for r in hist.steps]
+    assert lrs[0] == 0.0 and lrs[2] == lrs[3] == lrs[4] == OPT.lr
+    assert lrs[-1] < lrs[5] < OPT.lr
+
+
+def test_no_decay_groups() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups(model, 0.05)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0

@@ -1,0 +1,257 @@
+"""Run folders: one per notebook (or CLI run) and profile, with config, provenance and results.
+
+``papermill_runs/<profile>/<name>/`` holds ``config.yaml``, ``provenance.json`` (git sha and dirty
+flag, package versions, seed, device, start and end time), ``metrics.json``, ``history.csv``,
+``tables/`` (CSV + Markdown), ``figures/`` (PNG) and ``checkpoints/`` (not committed). Paths resolve
+from the repository root, found once from the installed package, so a notebook behaves the same
+under Jupyter, papermill ``--cwd`` and nbval.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from uslib.config import ConfigBase
+
+_PACKAGES = ("torch", "torchvision", "timm", "accelerate", "datasets", "numpy", "uslib")
+ENCODER_WEIGHTS = "encoder.safetensors"
+ENCODER_SPEC = "encoder.yaml"
+
+
+def repo_root() -> Path:
+    """The repository root: ``$USLIB_ROOT`` if set, else the folder above the ``uslib`` package."""
+    env = os.environ.get("USLIB_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file():
+        return here
+    for parent in [Path.cwd(), *Path.cwd().parents]:
+        if (parent / "pyproject.toml").is_file() and (parent / "uslib").is_dir():
+            return parent
+    raise FileNotFoundError("cannot find the repository root; set USLIB_ROOT")
+
+
+def runs_root(profile: str) -> Path:
+    """``<repo>/papermill_runs/<profile>``."""
+    return repo_root() / "papermill_runs" / profile
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance(seed: int) -> dict[str, Any]:
+    """Git sha and dirty flag, package versions, seed, device and host of this process."""
+    versions = {}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_sha": _git("rev-parse", "HEAD") or None,
+        "git_dirty": bool(dirty),
+        "packages": versions,
+        "python": platform.python_version(),
+        "seed": seed,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "start": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass
+class Run:
+    """A run folder and the helpers that write into it."""
+
+    name: str
+    profile: str
+    dir: Path
+    seed: int
+    publish: bool = False
+
+    def _sub(self, sub: str) -> Path:
+        path = self.dir / sub
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def save_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``metrics`` into ``metrics.json`` (profile recorded); returns the merged dict."""
+        path = self.dir / "metrics.json"
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged.update(metrics)
+        merged["profile"] = self.profile
+        path.write_text(json.dumps(merged, indent=2, default=float))
+        return merged
+
+    def save_table(self, df: Any, name: str) -> Path:
+        """Write a DataFrame as ``tables/<name>.csv`` and ``.md``; returns the CSV path."""
+        folder = self._sub("tables")
+        df.to_csv(folder / f"{name}.csv", index=False)
+        (folder / f"{name}.md").write_text(df.to_markdown(index=False) + "\n")
+        return folder / f"{name}.csv"
+
+    def save_figure(self, fig: Any, name: str, dpi: int = 110) -> Path:
+        """Write a Figure as ``figures/<name>.png`` (and to ``<repo>/figures/`` when publishing)."""
+        path = self._sub("figures") / f"{name}.png"
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        if self.publish:
+            prefix = self.name.split("_", 1)[0]
+            published = repo_root() / "figures" / f"{prefix}_{name}.png"
+            published.parent.mkdir(exist_ok=True)
+            fig.savefig(published, dpi=dpi, bbox_inches="tight")
+        return path
+
+    def save_history(self, history: Any) -> Path:
+        """Write a ``History`` (or DataFrame) as ``history.csv``."""
+        df = history.to_frame() if hasattr(history, "to_frame") else history
+        df.to_csv(self.dir / "history.csv", index=False)
+        if getattr(history, "epochs", None):
+            history.to_frame("epochs").to_csv(self.dir / "history_epochs.csv", index=False)
+        return self.dir / "history.csv"
+
+    def save_encoder(
+        self,
+        encoder: torch.nn.Module,
+        backbone: str,
+        kwargs: dict[str, Any] | None = None,
+        **info: Any,
+    ) -> Path:
+        """Save an encoder for evaluation: ``checkpoints/encoder.safetensors`` + ``encoder.yaml``.
+
+        Args:
+            encoder: the backbone module.
+            backbone: its registry name (``create_backbone(backbone, **kwargs)`` rebuilds it).
+            kwargs: constructor kwargs.
+            **info: extra fields for the spec (method, epoch, pretraining data...).
+        """
+        from safetensors.torch import save_file
+
+        folder = self._sub("checkpoints")
+        state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+        tmp = folder / (ENCODER_WEIGHTS + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, folder / ENCODER_WEIGHTS)
+        spec = {
+            "backbone": backbone,
+            "kwargs": kwargs or {},
+            "run": self.name,
+            "profile": self.profile,
+            **info,
+        }
+        (folder / ENCODER_SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
+        return folder / ENCODER_WEIGHTS
+
+    def finish(self) -> None:
+        """Record the end time in ``provenance.json``."""
+        path = self.dir / "provenance.json"
+        prov = json.loads(path.read_text()) if path.is_file() else {}
+        prov["end"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        path.write_text(json.dumps(prov, indent=2))
+
+
+def start(
+    name: str,
+    cfg: ConfigBase | None = None,
+    *,
+    profile: str = "smoke",
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    publish: bool = False,
+    verbose: bool = True,
+) -> Run:
+    """Create (or reuse) the run folder, write config and provenance, seed everything.
+
+    Args:
+        name: run name, the notebook stem (``"02_uscl_sample_pairs"``).
+        cfg: the resolved config, written to ``config.yaml``.
+        profile: ``smoke`` / ``cpu`` / ``paper``.
+        out_dir: explicit folder; default ``<repo>/papermill_runs/<profile>/<name>``.
+        seed: global seed.
+        publish: also write figures to ``<repo>/figures/``.
+        verbose: print the resolved config and a one-line environment summary.
+    """
+    folder = Path(out_dir) if out_dir is not None else runs_root(profile) / name
+    if not folder.is_absolute():
+        folder = repo_root() / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    prov = provenance(seed)
+    (folder / "provenance.json").write_text(json.dumps(prov, indent=2))
+    if cfg is not None:
+        cfg.to_yaml(folder / "config.yaml")
+    if verbose:
+        sha = (prov["git_sha"] or "no-git")[:8] + ("+dirty" if prov["git_dirty"] else "")
+        print(
+            f"run {name} | profile {profile} | seed {seed} | {prov['device']} "
+            f"x{prov['threads']} threads | torch {prov['packages']['torch']} | git {sha}"
+        )
+        shown = folder.relative_to(repo_root()) if folder.is_relative_to(repo_root()) else folder
+        print(f"run folder: {shown}")
+    return Run(name=name, profile=profile, dir=folder, seed=seed, publish=publish)
+
+
+def find_runs(profile: str, pattern: str = "*") -> list[Path]:
+    """Run folders of ``profile`` whose name matches ``pattern``, sorted."""
+    root = runs_root(profile)
+    return sorted(p for p in root.glob(pattern) if p.is_dir()) if root.is_dir() else []
+
+
+def find_encoders(profile: str) -> list[Path]:
+    """Every ``checkpoints/encoder.yaml`` under the profile's run folders (pretrained encoders)."""
+    return sorted(
+        p / "checkpoints" / ENCODER_SPEC
+        for p in find_runs(profile)
+        if (p / "checkpoints" / ENCODER_SPEC).is_file()
+    )
+
+
+def load_encoder(spec_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild an encoder saved by ``Run.save_encoder``; returns ``(module, spec)``.
+
+    Raises:
+        FileNotFoundError: the spec or weights file is missing (the path is named).
+    """
+    from safetensors.torch import load_file
+
+    from uslib.models import create_backbone
+
+    spec_path = Path(spec_path)
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"encoder spec not found: {spec_path}")
+    spec = yaml.safe_load(spec_path.read_text())
+    weights = spec_path.parent / ENCODER_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"encoder weights not found: {weights}")
+    model = create_backbone(spec["backbone"], **spec.get("kwargs", {}))
+    model.load_state_dict(load_file(str(weights)))
+    return model, spec
