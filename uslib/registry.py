@@ -23,9 +23,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._table: dict[str, Callable[..., T]] = {}
 
-    def register(
-        self, name: str | None = None
-    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering ``fn`` under ``name`` (default: the function's ``__name__``)."""
 
         def deco(fn: Callable[..., T]) -> Callable[..., T]:

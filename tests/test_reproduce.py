@@ -1,0 +1,68 @@
+"""The papermill runner on tiny notebooks: order, outputs, parameters, failure reporting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from uslib.reproduce import NotebookFailed, main, notebooks_in, reproduce
+
+
+def _notebook(folder: Path, name: str, body: str) -> None:
+    params = new_code_cell("profile: str = 'smoke'  # profile\nfactor: int = 2  # multiplier")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[new_markdown_cell(f"# {name[:2]} tiny"), params, new_code_cell(body)])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, folder / name)
+
+
+def test_runs_in_order_and_injects_profile(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "nb", tmp_path / "out"
+    src.mkdir()
+    _notebook(src, "02_second.ipynb", "print('second', profile)")
+    _notebook(src, "01_first.ipynb", "print('first', profile, factor * 2)")
+    done = reproduce("cpu", notebooks_dir=src, out_dir=out)
+    assert [n for n, _ in done] == ["01_first.ipynb", "02_second.ipynb"]
+    executed = nbformat.read(out / "01_first.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "first cpu 4" in text
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert "01_first.ipynb" in capsys.readouterr().out
+
+
+def test_first_failure_stops_and_names_notebook_and_cell(tmp_path: Path) -> None:
+    src, out = tmp_path / "nb", tmp_path / "out"
+    src.mkdir()
+    _notebook(src, "01_ok.ipynb", "x = 1")
+    _notebook(src, "02_bad.ipynb", "raise ValueError('boom')")
+    _notebook(src, "03_never.ipynb", "x = 3")
+    with pytest.raises(
+        NotebookFailed, match=r"02_bad\.ipynb failed in cell \d+ \(ValueError: boom"
+    ):
+        reproduce("smoke", notebooks_dir=src, out_dir=out)
+    assert (out / "01_ok.ipynb").is_file() and not (out / "03_never.ipynb").exists()
+
+
+def test_only_and_empty_folder(tmp_path: Path) -> None:
+    _notebook(tmp_path, "01_a.ipynb", "1")
+    _notebook(tmp_path, "07_b.ipynb", "1")
+    assert [p.name for p in notebooks_in(tmp_path, ["07"])] == ["07_b.ipynb"]
+    with pytest.raises(FileNotFoundError, match="no NN_"):
+        reproduce("smoke", notebooks_dir=tmp_path / "empty", out_dir=tmp_path / "o")
+
+
+def test_cli_returns_nonzero_on_failure(tmp_path: Path, monkeypatch) -> None:
+    import uslib.reproduce as rp
+
+    def failing(*a, **k):
+        raise NotebookFailed("03_x.ipynb failed in cell 4 (KeyError: 'a')")
+
+    monkeypatch.setattr(rp, "reproduce", failing)
+    assert main(["--profile", "smoke"]) == 1

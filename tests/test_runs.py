@@ -1,0 +1,63 @@
+"""Tests of uslib.runs: run folder contents, repo-rooted paths, encoder save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from uslib import runs
+from uslib.config import OptimConfig
+
+
+def test_repo_root_is_the_checkout() -> None:
+    root = runs.repo_root()
+    assert (root / "pyproject.toml").is_file() and (root / "uslib").is_dir()
+
+
+def test_run_folder_holds_config_provenance_and_results(tmp_path, capsys) -> None:
+    cfg = OptimConfig(lr=0.5)
+    run = runs.start("99_demo", cfg, profile="smoke", out_dir=tmp_path / "r", seed=3)
+    assert "99_demo" in capsys.readouterr().out
+    assert OptimConfig.from_yaml(run.dir / "config.yaml") == cfg
+    prov = json.loads((run.dir / "provenance.json").read_text())
+    assert prov["seed"] == 3 and "torch" in prov["packages"] and "git_dirty" in prov
+    run.save_metrics({"acc": 0.5})
+    run.save_metrics({"f1": 0.4})
+    assert json.loads((run.dir / "metrics.json").read_text()) == {
+        "acc": 0.5,
+        "f1": 0.4,
+        "profile": "smoke",
+    }
+    run.save_table(pd.DataFrame({"a": [1]}), "t")
+    assert (run.dir / "tables" / "t.csv").is_file() and (run.dir / "tables" / "t.md").is_file()
+    run.finish()
+    assert "end" in json.loads((run.dir / "provenance.json").read_text())
+
+
+def test_relative_out_dir_resolves_from_repo_root(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("USLIB_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    run = runs.start("01_x", None, profile="smoke", verbose=False)
+    assert run.dir == tmp_path / "papermill_runs" / "smoke" / "01_x"
+    assert runs.find_runs("smoke") == [run.dir]
+
+
+def test_encoder_round_trip(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("USLIB_ROOT", str(tmp_path))
+    from uslib.models import BACKBONES
+
+    name = "_test_linear_backbone"
+    if name not in BACKBONES:
+        BACKBONES.register(name)(lambda width=3: torch.nn.Linear(width, 2))
+    run = runs.start("02_x", None, profile="cpu", verbose=False)
+    enc = torch.nn.Linear(4, 2)
+    run.save_encoder(enc, name, {"width": 4}, method="demo")
+    [spec_path] = runs.find_encoders("cpu")
+    loaded, spec = runs.load_encoder(spec_path)
+    assert spec["method"] == "demo" and spec["backbone"] == name
+    assert torch.equal(loaded.weight, enc.weight)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        runs.load_encoder(tmp_path / "nowhere" / "encoder.yaml")
