@@ -36,8 +36,18 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} is not of the form key=value")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = _parse_value(value)
     return out
+
+
+def _parse_value(text: str) -> Any:
+    """Numbers as numbers (``1e-3`` too, which YAML 1.1 reads as a string), else YAML."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
