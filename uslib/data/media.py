@@ -1,0 +1,421 @@
+"""Decoding of ultrasound media into grey arrays, plus resizing and fan/ROI detection.
+
+Still images go through Pillow, video clips through PyAV (imageio's pyav backend, called
+directly; imageio's Pillow plugin is the GIF fallback), DICOM files (single- and multi-frame)
+through pydicom.
+
+Conventions shared by every reader:
+
+* Output is grey. Colour inputs are converted with ITU-R BT.601 weights (Pillow's ``"L"``); an alpha
+  channel is composited over black (the ultrasound background); palette images go through RGBA.
+* 8-bit data is divided by 255. Data with more than 8 bits (16-bit PNG/TIFF, 32-bit integer or float
+  images, DICOM with rescale slope/intercept or > 8 stored bits) is min-max rescaled over its *real*
+  range, never clipped to 8 bits and never divided by 65535 (a 12-bit scanner fills 1/16 of it).
+* Every failure raises :class:`MediaError`, whose message names the file and whose ``reason`` is a
+  short code (``"empty file"``, ``"not an image"``, ``"truncated"``, ...) for rejects tables.
+* Resizing to a square ``size`` keeps the aspect ratio by default (``mode="pad"``: scale the long
+  side to ``size`` and pad the short side symmetrically with zeros, i.e. black), so pixel spacing
+  stays isotropic and ellipse measurements (HC18) stay valid; ``mode="stretch"`` resizes both axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mpeg", ".mpg", ".m4v", ".mkv", ".webm", ".gif"})
+DICOM_EXTS = frozenset({".dcm", ".dicom"})
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Larger images are rejected as ``"too large"`` (a 8000x8000 scan; Pillow's bomb limit is 89 M)."""
+
+
+class MediaError(ValueError):
+    """A file that cannot be decoded: ``str(err)`` names the file, ``err.reason`` is a code."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def media_kind(path: str | Path) -> str:
+    """``"image"``, ``"video"`` or ``"dicom"`` from the extension (DICOM also by its preamble)."""
+    ext = Path(path).suffix.lower()
+    if ext in VIDEO_EXTS:
+        return "video"
+    if ext in DICOM_EXTS:
+        return "dicom"
+    if ext in IMAGE_EXTS:
+        return "image"
+    try:
+        with open(path, "rb") as f:
+            if f.read(132)[128:132] == b"DICM":
+                return "dicom"
+    except OSError:
+        pass
+    return "image"
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise MediaError(path, "missing file")
+    if path.stat().st_size == 0:
+        raise MediaError(path, "empty file")
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    """Rescale to [0, 1] over the real range; a constant image maps to zeros."""
+    arr = arr.astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+def pil_to_grey(img: Image.Image) -> np.ndarray:
+    """Convert a decoded Pillow image of any mode to grey float32 in [0, 1].
+
+    Args:
+        img: a loaded image (modes 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, I;16*, I, F, ...).
+
+    Returns:
+        Array of shape (H, W), float32 in [0, 1]; high-bit-depth modes are min-max rescaled.
+    """
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":  # I;16, I;16B, I (32-bit), F: more than 8 bits
+        return _minmax(np.asarray(img))
+    if mode in ("P", "PA"):
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        alpha = np.asarray(img.getchannel("A"), np.float32) / 255.0
+        grey = np.asarray(img.convert("RGB").convert("L"), np.float32) / 255.0
+        return grey * alpha  # composite over black
+    if mode != "L":
+        img = img.convert("RGB").convert("L") if mode != "1" else img.convert("L")
+    return np.asarray(img, np.float32) / 255.0
+
+
+def read_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a still image file to grey.
+
+    Args:
+        path: image file (PNG, JPEG, TIFF, BMP, ...).
+        max_pixels: larger images raise ``MediaError(reason="too large")`` before decoding.
+
+    Returns:
+        ``(image, info)``: image (H, W) float32 in [0, 1]; info has ``mode``, ``height``,
+        ``width``, ``n_frames``.
+
+    Raises:
+        MediaError: missing, empty, not an image, too large, truncated or corrupt.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise MediaError(path, "too large", f"{w}x{h} > {max_pixels} pixels")
+            img.load()
+            info = {"mode": img.mode, "height": h, "width": w, "n_frames": 1}
+            return pil_to_grey(img), info
+    except UnidentifiedImageError as e:
+        raise MediaError(path, "not an image") from e
+    except Image.DecompressionBombError as e:
+        raise MediaError(path, "too large", str(e)) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, MediaError):
+            raise
+        raise MediaError(path, "truncated", str(e)) from e
+
+
+def read_mask(
+    paths: list[str] | tuple[str, ...], shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read one or more mask files and merge them with a logical OR (BUSI's ``_mask_1`` files).
+
+    A pixel is foreground when its grey value is > 127 if the mask holds values above 127 (0/255
+    masks, JPEG-compressed masks), else when it is > 0 (0/1 label maps).
+
+    Args:
+        paths: mask files; an empty list gives an all-zero mask (``shape`` required).
+        shape: expected (H, W); a mask of another size raises ``MediaError``.
+
+    Returns:
+        int64 array (H, W) with values {0, 1}.
+    """
+    if not paths:
+        if shape is None:
+            raise ValueError("read_mask: no mask paths and no shape")
+        return np.zeros(shape, np.int64)
+    out: np.ndarray | None = None
+    for p in paths:
+        _check_file(Path(p))
+        try:
+            with Image.open(p) as img:
+                arr = np.asarray(img.convert("L") if img.mode not in ("L", "I", "I;16") else img)
+        except (UnidentifiedImageError, OSError) as e:
+            raise MediaError(p, "unreadable mask", str(e)) from e
+        fg = arr > (127 if arr.max() > 127 else 0)
+        want = shape if shape is not None else (out.shape if out is not None else fg.shape)
+        if fg.shape != tuple(want):
+            raise MediaError(p, "mask size differs", f"{fg.shape} vs image {tuple(want)}")
+        out = fg if out is None else (out | fg)
+    assert out is not None
+    return out.astype(np.int64)
+
+
+def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
+    # PyAV directly: imageio's pyav plugin wraps the same decoder but runs gc.collect() twice
+    # on every close (0.05-0.5 s per clip in a process holding torch).
+    import av
+
+    with av.open(str(path)) as container:  # closed even when iteration stops early
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="gray")
+
+
+def _pillow_frames(path: Path) -> Iterator[np.ndarray]:
+    import imageio.v3 as iio
+
+    with iio.imopen(path, "r", plugin="pillow") as f:
+        yield from f.iter(mode="L")
+
+
+def iter_video_frames(path: str | Path, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Yield grey uint8 frames (H, W) of a clip in decode order, up to index ``stop`` (exclusive).
+
+    Decoding is sequential on purpose: seeking by index in MPEG program streams lands on other
+    frames, while sequential indices match the POCUS frames extracted with OpenCV. PyAV decodes
+    mp4/avi/mov/mpeg/gif (every POCUS clip); GIFs fall back to imageio's Pillow plugin.
+    """
+    path = Path(path)
+    _check_file(path)
+    readers = [_pyav_frames]
+    if path.suffix.lower() == ".gif":
+        readers.append(_pillow_frames)
+    last: Exception | None = None
+    for reader in readers:
+        n = 0
+        try:
+            for frame in reader(path):
+                if stop is not None and n >= stop:
+                    return
+                yield np.asarray(frame, np.uint8)
+                n += 1
+            return
+        except Exception as e:  # decoder errors come as many types (av.error.*, OSError)
+            if n:  # frames were already yielded: do not restart with another reader
+                raise MediaError(path, "truncated video", f"after {n} frames: {e!r}") from e
+            last = e
+    raise MediaError(path, "undecodable video", repr(last))
+
+
+def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
+    """Decode a clip to grey frames.
+
+    Args:
+        path: video file (mp4, avi, mov, mpeg, gif, ...).
+        max_frames: keep only the first ``max_frames`` frames.
+
+    Returns:
+        uint8 array (T, H, W).
+    """
+    frames = list(iter_video_frames(path, stop=max_frames))
+    if not frames:
+        raise MediaError(path, "empty video")
+    return np.stack(frames)
+
+
+def read_video_frame(path: str | Path, index: int) -> np.ndarray:
+    """Decode frame ``index`` (0-based, decode order) of a clip: uint8 (H, W)."""
+    frames = list(iter_video_frames(path, stop=index + 1))
+    if index < 0 or len(frames) <= index:
+        raise MediaError(path, "frame out of range", f"index {index}, {len(frames)} frames")
+    return frames[index]
+
+
+def video_info(path: str | Path) -> dict[str, Any]:
+    """Frame count, fps and size of a clip without decoding it (packets are counted when the
+    container has no frame count, as MPEG program streams do).
+
+    Returns:
+        ``{"n_frames", "fps", "height", "width", "codec"}``.
+    """
+    import av
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            n = int(stream.frames)
+            if n <= 0:
+                n = sum(1 for pk in container.demux(stream) if pk.size > 0)
+            rate = stream.average_rate or stream.guessed_rate
+            return {
+                "n_frames": n,
+                "fps": float(rate) if rate else 0.0,
+                "height": int(stream.codec_context.height),
+                "width": int(stream.codec_context.width),
+                "codec": stream.codec_context.name,
+            }
+    except Exception as e:
+        raise MediaError(path, "undecodable video", repr(e)) from e
+
+
+def _dicom_spacing(ds: Any) -> float:
+    """mm per pixel: PixelSpacing (mm), else the first ultrasound region's PhysicalDeltaX (cm)."""
+    if "PixelSpacing" in ds:
+        return float(ds.PixelSpacing[1])
+    for region in ds.get("SequenceOfUltrasoundRegions", []):
+        if int(region.get("PhysicalUnitsXDirection", 0)) == 3:  # 3 = cm
+            return float(region.PhysicalDeltaX) * 10.0
+    return 0.0
+
+
+def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a DICOM file (single- or multi-frame, grey or colour) to grey frames.
+
+    Rescale slope/intercept are applied, MONOCHROME1 is inverted, YBR is converted to RGB, and
+    the whole clip is min-max rescaled over its real range unless it is plain 8-bit data.
+
+    Returns:
+        ``(frames, info)``: float32 (T, H, W) in [0, 1] (T = 1 for a single frame); info has
+        ``n_frames``, ``height``, ``width``, ``spacing`` (mm/px, 0.0 unknown), ``photometric``.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+    except InvalidDicomError as e:
+        raise MediaError(path, "not a DICOM file") from e
+    except Exception as e:
+        raise MediaError(path, "undecodable DICOM", repr(e)) from e
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+    plain8 = arr.dtype == np.uint8 and slope == 1 and intercept == 0
+    if int(ds.get("SamplesPerPixel", 1)) == 3:
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        arr = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    arr = arr.reshape((n_frames, *arr.shape[-2:])) if n_frames > 1 else arr[None]
+    out = arr / 255.0 if plain8 else _minmax(arr * slope + intercept)
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out
+    info = {
+        "n_frames": int(out.shape[0]),
+        "height": int(out.shape[1]),
+        "width": int(out.shape[2]),
+        "spacing": _dicom_spacing(ds),
+        "photometric": photometric,
+    }
+    return out.astype(np.float32), info
+
+
+def fit_geometry(height: int, width: int, size: int, mode: str = "pad") -> dict[str, float]:
+    """Scale and padding that map an (H, W) image onto a ``size`` x ``size`` square.
+
+    Returns:
+        ``{"scale_y", "scale_x", "pad_top", "pad_left", "new_h", "new_w"}``; output pixel
+        (y, x) shows input pixel ((y - pad_top) / scale_y, (x - pad_left) / scale_x).
+    """
+    if mode == "stretch":
+        return {
+            "scale_y": size / height,
+            "scale_x": size / width,
+            "pad_top": 0,
+            "pad_left": 0,
+            "new_h": size,
+            "new_w": size,
+        }
+    if mode != "pad":
+        raise ValueError(f"unknown resize mode {mode!r}; valid: 'pad', 'stretch'")
+    s = size / max(height, width)
+    new_h, new_w = max(1, round(height * s)), max(1, round(width * s))
+    return {
+        "scale_y": new_h / height,
+        "scale_x": new_w / width,
+        "pad_top": (size - new_h) // 2,
+        "pad_left": (size - new_w) // 2,
+        "new_h": new_h,
+        "new_w": new_w,
+    }
+
+
+def fit_image(
+    arr: np.ndarray, size: int, mode: str = "pad", *, nearest: bool = False
+) -> np.ndarray:
+    """Resize a 2-D array onto a ``size`` x ``size`` square (see :func:`fit_geometry`).
+
+    Args:
+        arr: (H, W) float image in [0, 1] or an integer mask.
+        size: output side in pixels.
+        mode: ``"pad"`` (keep aspect, zero padding) or ``"stretch"``.
+        nearest: nearest-neighbour (for masks); otherwise antialiased bilinear.
+
+    Returns:
+        (size, size) array of the input's dtype family (float32 for images, int64 for masks).
+    """
+    g = fit_geometry(arr.shape[0], arr.shape[1], size, mode)
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    src = Image.fromarray(arr.astype(np.int32 if nearest else np.float32))
+    small = np.asarray(src.resize((int(g["new_w"]), int(g["new_h"])), resample))
+    out = np.zeros((size, size), np.int64 if nearest else np.float32)
+    t, left = int(g["pad_top"]), int(g["pad_left"])
+    out[t : t + small.shape[0], left : left + small.shape[1]] = small
+    return out if nearest else np.clip(out, 0.0, 1.0)
+
+
+def detect_fan_roi(
+    img: np.ndarray, threshold: float = 0.04, min_fraction: float = 0.02
+) -> tuple[int, int, int, int]:
+    """Bounding box of the ultrasound image content without black borders and small overlays.
+
+    Content = pixels whose local mean (box filter of ~2 % of the image side, so dark speckle
+    inside the fan still counts) is above ``threshold``, after an opening of the same size that
+    cuts thin links between the fan and burned-in text or calibration bars. The box spans every
+    connected region covering at least ``min_fraction`` of the image: the fan (possibly split by
+    dark fluid or rib shadows into several large regions) is kept whole, while text, logos, depth
+    marks and calibration bars, small separate regions, fall outside unless they lie within the
+    fan's box. Text *inside* the fan cannot be told from tissue and stays.
+
+    Args:
+        img: (H, W) grey image in [0, 1].
+        threshold: local mean grey level above which a pixel is content.
+        min_fraction: smallest region kept, as a fraction of the image area.
+
+    Returns:
+        ``(y0, y1, x0, x1)`` half-open box; the whole image when no region is large enough.
+    """
+    h, w = img.shape
+    f = max(1, -(-max(h, w) // 256))  # work at <= 256 px: area-average f x f blocks
+    small = img[: h // f * f, : w // f * f].astype(np.float32)
+    small = small.reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    k = max(3, round(0.02 * min(small.shape)) | 1)  # odd kernel, ~2 % of the short side
+    fg = (ndimage.uniform_filter(small, k) > threshold).astype(np.uint8)
+    fg = ndimage.maximum_filter(ndimage.minimum_filter(fg, k), k)  # opening, separable
+    labels, n = ndimage.label(fg)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    big = np.flatnonzero(sizes >= min_fraction * small.size) + 1
+    if big.size == 0:
+        return 0, h, 0, w
+    ys, xs = np.nonzero(np.isin(labels, big))
+    y1 = h if ys.max() + 1 == small.shape[0] else (ys.max() + 1) * f  # keep a cut remainder
+    x1 = w if xs.max() + 1 == small.shape[1] else (xs.max() + 1) * f
+    return int(ys.min() * f), int(y1), int(xs.min() * f), int(x1)
