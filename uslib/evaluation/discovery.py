@@ -1,0 +1,275 @@
+"""Which encoders notebook 07 evaluates: every pretrained checkpoint of a profile's run folders,
+plus a random-init baseline and a supervised reference for each architecture.
+
+Checkpoints are found, never listed by hand: ``papermill_runs/<profile>/*/checkpoints/
+encoder.safetensors`` next to ``encoder.yaml`` (written by ``uslib.runs.Run.save_encoder``; it names
+the backbone and its constructor kwargs). The run's ``config.yaml`` says what data the encoder was
+pretrained on, which feeds the contamination flag of the tables.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from uslib.runs import ENCODER_SPEC, ENCODER_WEIGHTS, load_encoder, repo_root
+
+SOURCES: tuple[str, ...] = ("pretrained", "random", "supervised")
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """One encoder to evaluate.
+
+    Attributes:
+        name: display name (run folder name for checkpoints, ``random:<backbone>`` or
+            ``supervised:<backbone>`` for references).
+        backbone: registry name for ``uslib.models.create_backbone``.
+        kwargs: constructor kwargs.
+        source: ``"pretrained"``, ``"random"`` (random init, frozen: the lower reference) or
+            ``"supervised"`` (same architecture trained with labels by full fine-tuning from
+            random init: the upper reference).
+        method: pretraining method name (``""`` for references).
+        spec_path: ``encoder.yaml`` of a checkpoint (None for references).
+        pretrain_data: datasets seen in pretraining, e.g. ``("synthetic:lung",)`` or
+            ``("real:pocus",)``.
+        input_norm: ``(mean, std)`` applied to [0, 1] images before the encoder, as in its
+            pretraining (``encoder.yaml`` key ``input_norm``); references of the same
+            architecture inherit it so that comparisons share the input.
+    """
+
+    name: str
+    backbone: str
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    source: str = "pretrained"
+    method: str = ""
+    spec_path: Path | None = None
+    pretrain_data: tuple[str, ...] = ()
+    input_norm: tuple[float, float] | None = None
+
+    def build(self, seed: int = 0, img_size: int | None = None) -> nn.Module:
+        """The encoder: checkpoint weights for ``pretrained``, seeded random init otherwise.
+
+        Args:
+            seed: seed of a random initialisation.
+            img_size: evaluation image side; an encoder fixed to another size gets its inputs
+                resized (``adapt_encoder``), and ``input_norm`` is applied either way.
+        """
+        from uslib.models import create_backbone
+
+        if self.source == "pretrained":
+            if self.spec_path is None:
+                raise ValueError(f"pretrained entry {self.name!r} has no spec_path")
+            enc = load_encoder(self.spec_path)[0]
+        else:
+            torch.manual_seed(seed)
+            enc = create_backbone(self.backbone, **self.kwargs)
+        return adapt_encoder(enc, img_size, self.input_norm)
+
+    @property
+    def architecture(self) -> str:
+        """Backbone name plus kwargs, the key shared by an encoder and its references."""
+        extra = ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items()))
+        return f"{self.backbone}({extra})" if extra else self.backbone
+
+
+class EncoderAdapter(nn.Module):
+    """Feeds an encoder its pretraining input convention: optional resize to the size it was
+    built for (USFM's relative-position tables fix the grid) and optional normalisation
+    ``(x - mean) / std`` (e.g. USCL's 0.5 / 0.25, recorded as ``input_norm`` in ``encoder.yaml``).
+    Everything else (``num_features``, ``feature_info``, ``last_block``) passes through."""
+
+    def __init__(
+        self,
+        inner: nn.Module,
+        size: tuple[int, int] | None = None,
+        norm: tuple[float, float] | None = None,
+    ) -> None:
+        """Wrap ``inner``; ``size`` (H, W) and ``norm`` (mean, std) are each optional."""
+        super().__init__()
+        self.inner = inner
+        self.size = tuple(size) if size is not None else None
+        self.norm = (float(norm[0]), float(norm[1])) if norm is not None else None
+        self.num_features, self.in_chans = inner.num_features, inner.in_chans
+        self.feature_info = inner.feature_info
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        if self.norm is not None:
+            x = (x - self.norm[0]) / self.norm[1]
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> (B, num_features)."""
+        return self.inner(self._fit(x))
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of the adapted input."""
+        return self.inner.forward_features(self._fit(x))
+
+    def last_block(self) -> nn.Module:
+        """The wrapped encoder's last block."""
+        return self.inner.last_block()
+
+
+def adapt_encoder(
+    encoder: nn.Module, img_size: int | None = None, norm: tuple[float, float] | None = None
+) -> nn.Module:
+    """``encoder`` wrapped in an ``EncoderAdapter`` when it needs one.
+
+    Args:
+        encoder: a backbone.
+        img_size: evaluation image side; when the encoder rejects it, inputs are resized to the
+            size its patch embedding was built for.
+        norm: ``(mean, std)`` input normalisation of its pretraining, or None.
+
+    Returns:
+        ``encoder`` itself, or the adapter around it.
+    """
+    size = None
+    if img_size is not None:
+        try:
+            with torch.no_grad():
+                encoder.eval()(torch.zeros(1, int(encoder.in_chans), img_size, img_size))
+        except (ValueError, RuntimeError, AssertionError):
+            size = getattr(getattr(encoder, "patch_embed", None), "img_size", None)
+            if size is None:
+                raise
+    if size is None and norm is None:
+        return encoder
+    return EncoderAdapter(encoder, size, norm)
+
+
+def _norm(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return float(value[0]), float(value[1])
+    raise ValueError(f"input_norm must be [mean, std], got {value!r}")
+
+
+def _pretrain_data(spec: dict[str, Any], run_dir: Path) -> tuple[str, ...]:
+    """Datasets of the pretraining run, from the spec or the run's ``config.yaml``."""
+    for key in ("pretrain_data", "datasets", "dataset"):
+        if spec.get(key):
+            v = spec[key]
+            return tuple(v) if isinstance(v, list | tuple) else (str(v),)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return ()
+    data = (yaml.safe_load(cfg_path.read_text()) or {}).get("data") or {}
+    task = str(data.get("task", ""))
+    if not task:
+        return ()
+    return (f"real:{task}",) if data.get("data_root") else (f"synthetic:{task}",)
+
+
+def discover_checkpoints(profile: str, *, root: str | Path | None = None) -> list[EncoderEntry]:
+    """Every pretrained encoder saved under ``<root>/papermill_runs/<profile>/*/checkpoints/``.
+
+    Args:
+        profile: ``smoke`` / ``cpu`` / ``paper``.
+        root: repository root (default ``uslib.runs.repo_root()``).
+
+    Returns:
+        One ``EncoderEntry`` per run folder holding both ``encoder.safetensors`` and
+        ``encoder.yaml``, sorted by run name.
+
+    Raises:
+        ValueError: an ``encoder.yaml`` without a ``backbone`` key (the file is named).
+    """
+    base = Path(root if root is not None else repo_root()) / "papermill_runs" / profile
+    out = []
+    for spec_path in sorted(base.glob(f"*/checkpoints/{ENCODER_SPEC}")):
+        if not (spec_path.parent / ENCODER_WEIGHTS).is_file():
+            continue
+        spec = yaml.safe_load(spec_path.read_text()) or {}
+        if "backbone" not in spec:
+            raise ValueError(f"{spec_path}: no 'backbone' key naming the architecture")
+        run_dir = spec_path.parent.parent
+        out.append(
+            EncoderEntry(
+                name=run_dir.name,
+                backbone=str(spec["backbone"]),
+                kwargs=dict(spec.get("kwargs") or {}),
+                source="pretrained",
+                method=str(spec.get("method", "")),
+                spec_path=spec_path,
+                pretrain_data=_pretrain_data(spec, run_dir),
+                input_norm=_norm(spec.get("input_norm")),
+            )
+        )
+    return out
+
+
+def reference_encoders(
+    entries: list[EncoderEntry], *, extra_backbones: tuple[str, ...] = (), supervised: bool = True
+) -> list[EncoderEntry]:
+    """A random-init baseline (and a supervised reference) per distinct architecture.
+
+    Args:
+        entries: discovered checkpoints (their architectures are covered).
+        extra_backbones: further backbone names to cover (e.g. when no checkpoint exists yet).
+        supervised: also add ``supervised:<backbone>`` entries.
+
+    Returns:
+        Reference entries, random ones first, in first-seen architecture order.
+    """
+    archs: dict[str, EncoderEntry] = {}
+    for e in entries:
+        archs.setdefault(e.architecture, e)
+    for b in extra_backbones:
+        archs.setdefault(b, EncoderEntry(name=b, backbone=b, kwargs={}))
+    kinds = ("random", "supervised") if supervised else ("random",)
+    return [
+        EncoderEntry(
+            name=f"{k}:{e.backbone}",
+            backbone=e.backbone,
+            kwargs=dict(e.kwargs),
+            source=k,
+            input_norm=e.input_norm,
+        )
+        for k in kinds
+        for e in archs.values()
+    ]
+
+
+def contamination(entry: EncoderEntry, eval_data: str) -> str:
+    """Why a metric of ``entry`` on ``eval_data`` may be optimistic (``""`` if it is clean).
+
+    Args:
+        entry: the evaluated encoder.
+        eval_data: ``"synthetic:<task>"`` or ``"real:<dataset>"``.
+
+    Returns:
+        A short reason, e.g. ``"pretrained on real:pocus (self-supervised; labels unused)"``.
+
+    Ref: OpenUS §1.4 (its pretraining corpus includes BUSI, BUS-BRA, TN3K, Fetal Planes).
+    """
+    if eval_data not in entry.pretrain_data:
+        return ""
+    if eval_data.startswith("synthetic:"):
+        return f"pretrained on the same generator ({eval_data}; different samples)"
+    return f"pretrained on {eval_data} (self-supervised; labels unused)"
+
+
+def describe(entries: list[EncoderEntry]) -> str:
+    """One line per entry (for notebook output)."""
+    return "\n".join(
+        json.dumps(
+            {
+                "name": e.name,
+                "source": e.source,
+                "backbone": e.architecture,
+                "pretrain_data": list(e.pretrain_data),
+            }
+        )
+        for e in entries
+    )

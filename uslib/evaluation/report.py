@@ -1,0 +1,219 @@
+"""Result tables with the papers' numbers beside ours (CSV, Markdown, LaTeX) and the README block.
+
+Our results travel as one long table (``RESULT_COLUMNS``: one row per task x protocol x encoder x
+metric x label fraction). ``summary_table`` pivots it to encoders-as-columns, adds the published
+reference (``published.REFERENCES``) and flags: the profile and data of every row, "smoke: not
+meaningful" for smoke runs, a dagger on numbers measured on data the encoder was pretrained on, and
+a note when the paper's number comes from real data while ours is synthetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from uslib.evaluation.metrics import PERCENT_METRICS
+from uslib.evaluation.published import REFERENCES, published_numbers, reference_for
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "task",
+    "data",
+    "kind",
+    "protocol",
+    "encoder",
+    "source",
+    "backbone",
+    "metric",
+    "value",
+    "std",
+    "ci_low",
+    "ci_high",
+    "n_folds",
+    "n_test",
+    "label_fraction",
+    "profile",
+    "contamination",
+)
+"""Columns of the long results table (``value``/``std``/CI as fractions for percent metrics)."""
+
+README_START = "<!-- results:start -->"
+README_END = "<!-- results:end -->"
+SMOKE_NOTE = "smoke: not meaningful"
+CONTAMINATION_MARK = "†"
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    """Long results table from row dicts (missing columns filled with NaN / "")."""
+    df = pd.DataFrame(rows)
+    for col in RESULT_COLUMNS:
+        if col not in df.columns:
+            df[col] = "" if col in ("contamination", "source", "backbone", "kind") else math.nan
+    return df[list(RESULT_COLUMNS)]
+
+
+def format_value(metric: str, value: float, std: float | None = None) -> str:
+    """``"90.3 ± 0.4"`` (percent metrics, x100) or ``"3.21 ± 0.40"`` (mm, other units)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    scale, digits = (100.0, 1) if metric in PERCENT_METRICS else (1.0, 2)
+    text = f"{value * scale:.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {std * scale:.{digits}f}"
+    return text
+
+
+def _paper_cell(task: str, metric: str, protocol: str) -> str:
+    refs = reference_for(task, metric, protocol)
+    return "; ".join(
+        f"{r.value:g} ({r.paper}, {r.dataset}, {r.source.split(' (')[0]})"
+        for r in refs.itertuples()
+    )
+
+
+def _notes(profile: str, data: str, paper: str, contaminated: bool) -> str:
+    notes = []
+    if profile == "smoke":
+        notes.append(SMOKE_NOTE)
+    if paper and data.startswith("synthetic"):
+        notes.append("paper: real data, ours: synthetic")
+    if contaminated:
+        notes.append(f"{CONTAMINATION_MARK} pretrained on this data")
+    return "; ".join(notes)
+
+
+HEADLINE_METRICS: tuple[str, ...] = ("accuracy", "dice", "hd95", "hc_error_mm")
+"""Metrics of the compact summary (README and ``figures/07_summary``)."""
+
+
+def summary_table(
+    results: pd.DataFrame,
+    *,
+    label_fraction: float = 1.0,
+    metrics: tuple[str, ...] | None = None,
+) -> pd.DataFrame:
+    """Encoders-as-columns summary at one label fraction, with paper numbers and flags.
+
+    Args:
+        results: long table (``RESULT_COLUMNS``).
+        label_fraction: which fraction to show (1.0 = all training labels).
+        metrics: keep only these metrics (e.g. ``HEADLINE_METRICS``); None keeps all.
+
+    Returns:
+        String table: ``task, data, profile, protocol, metric, <encoder>..., paper, notes``;
+        a ``†`` marks a number measured on data its encoder was pretrained on.
+    """
+    lf = results["label_fraction"].fillna(1.0)
+    keep = (lf - label_fraction).abs() < 1e-9
+    if metrics is not None:
+        keep &= results["metric"].isin(metrics)
+    df = results[keep].copy()
+    if df.empty:
+        return pd.DataFrame(columns=["task", "data", "profile", "protocol", "metric"])
+    df["cell"] = [
+        format_value(r.metric, r.value, r.std) + (CONTAMINATION_MARK if r.contamination else "")
+        for r in df.itertuples()
+    ]
+    keys = ["task", "data", "profile", "protocol", "metric"]
+    encoders = list(dict.fromkeys(df["encoder"]))
+    wide = df.pivot_table(index=keys, columns="encoder", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=encoders).fillna("").reset_index()
+    wide.columns.name = None
+    contaminated = df.groupby(keys, sort=False)["contamination"].apply(lambda s: bool(s.any()))
+    wide["paper"] = [
+        _paper_cell(t, m, p) for t, m, p in zip(wide["task"], wide["metric"], wide["protocol"])
+    ]
+    wide["notes"] = [
+        _notes(
+            r["profile"], r["data"], r["paper"], bool(contaminated.get(tuple(r[k] for k in keys)))
+        )
+        for _, r in wide.iterrows()
+    ]
+    return wide
+
+
+def write_tables(df: pd.DataFrame, folder: str | Path, name: str) -> dict[str, Path]:
+    """Write ``<name>.csv``, ``.md`` and ``.tex`` into ``folder``; returns the paths by suffix."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {s: folder / f"{name}.{s}" for s in ("csv", "md", "tex")}
+    df.to_csv(paths["csv"], index=False)
+    paths["md"].write_text(to_markdown(df) + "\n")
+    paths["tex"].write_text(df.to_latex(index=False, escape=True, na_rep=""))
+    return paths
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """GitHub Markdown of a table (empty cells for NaN)."""
+    return df.fillna("").astype(str).to_markdown(index=False)
+
+
+def readme_block(summary: pd.DataFrame, *, profile: str, source: str) -> str:
+    """The README results section (without markers) for a summary table.
+
+    Args:
+        summary: ``summary_table`` output (as saved: the CSV read back gives the same text).
+        profile: profile of the numbers.
+        source: where the table lives (e.g. ``figures/07_summary.csv``).
+    """
+    head = (
+        f"Profile `{profile}`; generated by `python -m uslib.figures --profile {profile}` from "
+        f"`{source}`. Scores in %, mean ± std over folds; HD95 and HC errors in mm (pixels when "
+        f"the spacing is unknown). {CONTAMINATION_MARK} = measured on data the encoder saw in "
+        "pretraining. Paper numbers are on real data."
+    )
+    if profile == "smoke":
+        head += f" **{SMOKE_NOTE}** (tiny data, a few steps)."
+    return head + "\n\n" + to_markdown(summary.fillna(""))
+
+
+def update_readme(readme: str | Path, block: str) -> bool:
+    """Replace the text between ``README_START`` and ``README_END`` with ``block``.
+
+    Returns:
+        True when the file changed.
+
+    Raises:
+        ValueError: the markers are missing or out of order (the file is named).
+    """
+    path = Path(readme)
+    text = path.read_text()
+    i, j = text.find(README_START), text.find(README_END)
+    if i < 0 or j < i:
+        raise ValueError(f"{path}: needs '{README_START}' followed by '{README_END}'")
+    new = text[: i + len(README_START)] + "\n" + block.strip() + "\n" + text[j:]
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def readme_section(readme: str | Path) -> str:
+    """The text between the README markers (stripped)."""
+    text = Path(readme).read_text()
+    i, j = text.find(README_START), text.find(README_END)
+    if i < 0 or j < i:
+        raise ValueError(f"{readme}: results markers not found")
+    return text[i + len(README_START) : j].strip()
+
+
+def readme_agrees(readme: str | Path, summary_csv: str | Path, *, profile: str) -> bool:
+    """Whether the README results section is exactly what ``summary_csv`` renders to."""
+    summary = pd.read_csv(summary_csv, keep_default_na=False, dtype=str)
+    try:
+        source = Path(summary_csv).resolve().relative_to(Path(readme).resolve().parent)
+    except ValueError:
+        source = Path(summary_csv)
+    expected = readme_block(summary, profile=profile, source=source.as_posix())
+    return readme_section(readme) == expected.strip()
+
+
+def published_table(tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """The published numbers set beside ``tasks`` (all rows when None), for the notebook."""
+    cols = ["paper", "dataset", "protocol", "metric", "value", "std", "source"]
+    df = published_numbers()
+    if tasks is not None:
+        ids = {i for (t, _, _), v in REFERENCES.items() if t in set(tasks) for i in v}
+        df = df[df["id"].isin(ids)]
+    return df[cols].reset_index(drop=True)

@@ -1,0 +1,1 @@
+"""Figures: functions that return ``matplotlib.figure.Figure`` (never show or save)."""
