@@ -43,9 +43,16 @@ RECORD_KEYS: tuple[str, ...] = (
 
 
 def group_of(record: dict[str, Any]) -> str:
-    """The split-grouping key of a record: patient if known, else video, else dataset+frame."""
-    return str(
-        record.get("patient_id")
-        or record.get("video_id")
-        or f"{record.get('dataset', '')}:{record.get('frame_idx', '')}"
-    )
+    """The split-grouping key of a record: its patient id if known, else its video id.
+
+    Raises:
+        ValueError: the record has neither, so no leakage-free split can place it (a loader
+            must give every still its own ``video_id`` or a ``patient_id``).
+    """
+    group = record.get("patient_id") or record.get("video_id")
+    if not group:
+        raise ValueError(
+            f"record of dataset {record.get('dataset', '?')!r} (frame {record.get('frame_idx')}) "
+            "has no patient_id or video_id: it cannot be placed in a grouped split"
+        )
+    return str(group)
