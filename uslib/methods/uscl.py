@@ -1,0 +1,451 @@
+"""USCL: semi-supervised video contrastive pretraining with sample-pair generation.
+
+Chen et al., "USCL: Pretraining Deep Ultrasound Image Diagnosis Model through Video Contrastive
+Representation Learning", MICCAI 2021 (arXiv 2011.13066); recipe from the reproduction notes
+``dmae_uscl_pumit.md`` part B. A ResNet-18 sees two mixed positive views per video (SPG,
+``uslib.data.video``); the loss is NT-Xent plus a weighted CE on the labelled videos; the
+encoder is then judged by partial fine-tuning on POCUS (5 patient-grouped folds, §B.8).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from uslib.config import DataConfig, EvalConfig, MethodConfig, OptimConfig
+from uslib.data.schema import group_of
+from uslib.data.transforms import USCL_MEAN, USCL_STD, USCLAugment
+from uslib.data.video import SamplePairDataset, VideoSubset, split_videos
+from uslib.losses import masked_cross_entropy, nt_xent
+from uslib.methods import METHODS, MethodSpec
+from uslib.methods.base import Method
+from uslib.models import create_backbone
+from uslib.models.heads import ProjectionHead
+
+CLASSIFIER_PLACEMENTS: tuple[str, ...] = ("projection", "feature")
+
+
+@dataclass(frozen=True)
+class USCLConfig(MethodConfig):
+    """USCL settings; defaults are the smoke profile, ``PRESETS`` hold cpu and paper.
+
+    Fields beyond ``MethodConfig``: projection sizes (§B.3), ``temperature`` and ``ce_weight``
+    (§B.6), ``classifier_on`` (``"projection"``: the code's fc on z, §B.3/D-6; ``"feature"``:
+    the paper figure's head on the backbone feature), ``num_classes`` of the CE head,
+    ``pair_mode`` / ``mix_beta`` / ``max_dist`` of SPG (§B.4), ``label_fraction`` (the label
+    rate of ``run.py``, §B.6) and ``protocol_val_fraction`` (validation share of the training
+    folds for the honest downstream protocol, D-8).
+    """
+
+    backbone: str = "resnet18_smoke"
+    proj_hidden: int = 512  # §B.3: Linear(512, 512) -> ReLU -> Linear(512, 256)
+    proj_dim: int = 256  # §B.3: out_dim 256
+    temperature: float = 0.5  # §B.6: tau
+    ce_weight: float = 0.2  # §B.6: lambda of the CE terms ("small value is better")
+    classifier_on: str = "projection"  # §B.3, D-6: the code's placement
+    num_classes: int = 3  # CE head: 3 synthetic lung patterns (US-4 needs 12, §B.2)
+    pair_mode: str = "uscl"  # §B.4 (USCL code) | "meta_uscl" (D-7)
+    mix_beta: tuple[float, float] = (0.5, 0.5)  # §B.4 step 4
+    max_dist: int = 16  # Meta-USCL only (§B.4)
+    label_fraction: float = 1.0  # §B.6: label rate 1 by default
+    protocol_val_fraction: float = 0.2  # honest protocol: val share of the training folds
+    protocol_shared_run: bool = True  # one fine-tuning run per fold reports both selections
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(
+            task="lung", img_size=32, n_videos=16, frames_per_video=6, n_per_class=15
+        )
+    )
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            optimizer="adam", lr=3e-4, weight_decay=1e-4, epochs=2, batch_size=4
+        )
+    )
+    eval: EvalConfig = field(
+        default_factory=lambda: EvalConfig(folds=2, epochs=2, lr=1e-2, batch_size=16)
+    )
+
+    PRESETS = {
+        "cpu": {
+            "backbone": "resnet18",
+            "data": {"img_size": 64, "n_videos": 96, "frames_per_video": 10, "n_per_class": 40},
+            "optim": {"epochs": 30, "batch_size": 16, "hold_epochs": 3, "lr": 1e-3},
+            "eval": {"folds": 5, "epochs": 15, "batch_size": 32},
+        },
+        "paper": {
+            "backbone": "resnet18",  # §B.3: torchvision ResNet-18, random init
+            # §B.5 / §B.7: 224 px, 20 % of videos held out; synthetic fallback: ~22 frames (§B.2)
+            "data": {"img_size": 224, "val_fraction": 0.2, "n_videos": 256,
+                     "frames_per_video": 22, "n_per_class": 200},
+            # §B.7: Adam 3e-4, wd 1e-4, 300 epochs, 32 videos (64 views), 10 constant epochs
+            # then cosine to eta_min 0, no warmup
+            "optim": {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-4, "epochs": 300,
+                      "batch_size": 32, "hold_epochs": 10, "schedule": "cosine",
+                      "warmup_epochs": 0.0, "min_lr": 0.0},
+            # §B.8: 5 folds, Adam 0.01, wd 1e-4, cosine over 100 epochs, batch 32
+            "eval": {"folds": 5, "epochs": 100, "lr": 0.01, "weight_decay": 1e-4,
+                     "batch_size": 32},
+            "protocol_shared_run": False,  # §B.8: the test-selected number trains on all folds
+        },
+    }  # fmt: skip
+
+
+class USCL(Method):
+    """Backbone + projection head g + classifier; NT-Xent on SPG pairs plus CE on labels.
+
+    ``L = NT-Xent(z1, z2; tau) + w * (CE(fc(z1)[lab], y) + CE(fc(z2)[lab], y))`` with z the
+    projection of each view (§B.6). The two views go through the backbone in separate calls,
+    as in the code (so BatchNorm statistics are per view), but each only once: the code's
+    second forward pass for the CE term (D-9) is not repeated, which changes nothing in value.
+    A batch without labelled video gives ``ce == 0`` (the code's NaN, D-9, is not reproduced).
+
+    Args:
+        cfg: a ``USCLConfig``.
+
+    Ref: USCL §B.3 (model), §B.6 (objective), D-6 (classifier placement), D-9.
+    """
+
+    def __init__(self, cfg: USCLConfig) -> None:
+        super().__init__()
+        if cfg.classifier_on not in CLASSIFIER_PLACEMENTS:
+            raise ValueError(
+                f"classifier_on must be one of {list(CLASSIFIER_PLACEMENTS)}, got "
+                f"{cfg.classifier_on!r}"
+            )
+        self.cfg = cfg
+        self.backbone = create_backbone(cfg.backbone, in_chans=cfg.data.in_chans)
+        feat = int(self.backbone.num_features)
+        self.projector = ProjectionHead(feat, cfg.proj_hidden, cfg.proj_dim)
+        cls_in = cfg.proj_dim if cfg.classifier_on == "projection" else feat
+        self.classifier = nn.Linear(cls_in, cfg.num_classes)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The ResNet backbone (its pooled 512-d feature is what downstream tasks use)."""
+        return self.backbone
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)  # (B, 512) pooled feature
+        return h, self.projector(h)  # z: (B, proj_dim), not normalised
+
+    def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Loss on a batch of SPG items.
+
+        Args:
+            batch: ``view1``, ``view2`` (B, 1, S, S); ``label1``, ``label2`` (B,) with -1 for
+                unlabelled videos.
+
+        Returns:
+            ``{"loss", "nt_xent", "ce"}``; ``ce`` is the unweighted sum of both views' CE.
+        """
+        h1, z1 = self._embed(batch["view1"])
+        h2, z2 = self._embed(batch["view2"])
+        con = nt_xent(z1, z2, self.cfg.temperature)
+        c1, c2 = (z1, z2) if self.cfg.classifier_on == "projection" else (h1, h2)
+        ce = masked_cross_entropy(self.classifier(c1), batch["label1"].long()) + (
+            masked_cross_entropy(self.classifier(c2), batch["label2"].long())
+        )
+        loss = con + self.cfg.ce_weight * ce
+        return {"loss": loss, "nt_xent": con.detach(), "ce": ce.detach()}
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """NT-Xent on the un-mixed augmented pair ``(raw1, raw2)`` (model selection, §B.7)."""
+        con = nt_xent(
+            self._embed(batch["raw1"])[1], self._embed(batch["raw2"])[1], self.cfg.temperature
+        )
+        return {"loss": con, "nt_xent": con}
+
+
+def build(cfg: USCLConfig) -> USCL:
+    """The USCL method of ``cfg`` (weights seeded from ``cfg.seed``)."""
+    torch.manual_seed(cfg.seed)
+    return USCL(cfg)
+
+
+def pocus_root(data_root: str | Path | None) -> Path | None:
+    """The POCUS layout (a folder with ``samples.csv``) at or directly under ``data_root``."""
+    if data_root is None:
+        return None
+    for cand in (Path(data_root), Path(data_root) / "pocus_lung"):
+        if (cand / "samples.csv").is_file():
+            return cand
+    warnings.warn(
+        f"data_root {data_root} holds no POCUS layout (samples.csv); USCL uses synthetic lung "
+        "data instead",
+        stacklevel=2,
+    )
+    return None
+
+
+def train_data(
+    cfg: USCLConfig, data_root: str | Path | None = None
+) -> tuple[SamplePairDataset, SamplePairDataset | None]:
+    """SPG datasets of the pretraining videos and of the 20 % held-out videos (§B.7).
+
+    Videos: synthetic lung videos (``data_root=None``), or the POCUS clips of a POCUS layout,
+    used *unlabelled*: the downstream folds hold the same patients, so their labels must not
+    reach pretraining (USCL pretrains on US-4, §B.2, which is not public).
+
+    Returns:
+        ``(train_ds, val_ds)``; ``val_ds`` is ``None`` when ``cfg.data.val_fraction == 0``.
+    """
+    d, root = cfg.data, pocus_root(data_root)
+    if root is None:
+        from uslib.data.synthetic import SyntheticVideos
+
+        coll: Any = SyntheticVideos(d.task, "train", d.n_videos, d.frames_per_video, d, d.seed)
+    else:
+        from uslib.data.sources import pocus_videos
+
+        coll = pocus_videos(root, img_size=d.img_size)
+    tr, va = split_videos(len(coll), d.val_fraction, seed=d.seed)
+    kw: dict[str, Any] = dict(
+        img_size=d.img_size, pair_mode=cfg.pair_mode, beta=cfg.mix_beta, max_dist=cfg.max_dist,
+        label_fraction=cfg.label_fraction if root is None else 0.0,
+    )  # fmt: skip
+    train = SamplePairDataset(VideoSubset(coll, tr), seed=cfg.seed, **kw)
+    val = SamplePairDataset(VideoSubset(coll, va), seed=cfg.seed + 1, **kw) if va else None
+    return train, val
+
+
+class BestValEncoder:
+    """Epoch callback: validation NT-Xent on un-mixed pairs; saves the encoder when it improves.
+
+    USCL keeps ``best_model.pth``, the weights with the lowest validation NT-Xent on the
+    augmented, un-mixed frame pairs of the held-out videos, checked every epoch (§B.7). Without
+    a validation set every epoch counts as an improvement (the last encoder is kept).
+
+    Args:
+        run: a ``uslib.runs.Run`` (``save_encoder`` writes ``checkpoints/encoder.*``).
+        val_data: the held-out SPG dataset, or ``None``.
+        cfg: the ``USCLConfig`` (backbone name, batch size, input channels).
+    """
+
+    def __init__(self, run: Any, val_data: Dataset | None, cfg: USCLConfig) -> None:
+        self.run, self.cfg = run, cfg
+        bs = cfg.optim.batch_size
+        self.loader = None if val_data is None else DataLoader(val_data, bs, shuffle=False)
+        self.best, self.best_epoch = math.inf, -1
+
+    def validate(self, method: USCL) -> float:
+        """Mean validation NT-Xent (weighted by batch size); ``nan`` without validation data."""
+        if self.loader is None:
+            return math.nan
+        device = next(method.parameters()).device
+        total, n = 0.0, 0
+        for batch in self.loader:
+            raw = {k: batch[k].to(device) for k in ("raw1", "raw2")}
+            total += float(method.validation_step(raw)["nt_xent"]) * len(raw["raw1"])
+            n += len(raw["raw1"])
+        return total / max(1, n)
+
+    def __call__(self, epoch: int, method: Method) -> dict[str, float]:
+        """Validate, save the encoder if better, and return the epoch's ``val_*`` values."""
+        assert isinstance(method, USCL)
+        val = self.validate(method)
+        if math.isnan(val) or val < self.best:
+            self.best, self.best_epoch = (math.inf if math.isnan(val) else val), epoch
+            info = {"method": "uscl", "epoch": int(epoch), "input_norm": [USCL_MEAN, USCL_STD]}
+            if not math.isnan(val):
+                info["val_nt_xent"] = float(val)
+            kwargs = {"in_chans": self.cfg.data.in_chans}
+            self.run.save_encoder(method.encoder, self.cfg.backbone, kwargs, **info)
+        return {"val_loss": val, "val_nt_xent": val, "best_epoch": float(self.best_epoch)}
+
+
+def pretrain(
+    cfg: USCLConfig,
+    run: Any,
+    data_root: str | Path | None = None,
+    *,
+    data: tuple[Dataset, Dataset | None] | None = None,
+    method: USCL | None = None,
+    resume: bool = False,
+) -> tuple[USCL, Any]:
+    """Run USCL pretraining with ``engine.fit`` and reload the best-validation encoder.
+
+    The validation NT-Xent is computed by the ``BestValEncoder`` epoch callback (``val_nt_xent``
+    in ``history.epochs``), which writes the best encoder to ``run.dir/checkpoints/encoder.*``
+    (read by notebook 07). ``fit`` gets no ``val_data`` (its callbacks cannot see its validation
+    values, and computing them twice would double the cost).
+
+    Args:
+        cfg: the resolved ``USCLConfig``.
+        run: the notebook's ``uslib.runs.Run``.
+        data_root: ``None`` (synthetic lung videos) or a POCUS layout.
+        data: ``(train_ds, val_ds)`` already built by ``train_data`` (default: build them).
+        method: a method from ``build(cfg)`` (default: build one).
+        resume: continue from ``run.dir/checkpoints/latest`` (default: start afresh).
+
+    Returns:
+        ``(method, history)`` with the best encoder loaded into ``method.backbone``.
+
+    Ref: USCL §B.7 (model selection by the lowest validation NT-Xent).
+    """
+    from uslib import runs
+    from uslib.engine import fit
+
+    method = method or build(cfg)
+    train_ds, val_ds = data or train_data(cfg, data_root)
+    selector = BestValEncoder(run, val_ds, cfg)
+    history = fit(method, train_ds, cfg.optim, run_dir=run.dir, resume=resume, seed=cfg.seed,
+                  callbacks=[selector])  # fmt: skip
+    spec = Path(run.dir) / "checkpoints" / runs.ENCODER_SPEC
+    if spec.is_file():
+        method.backbone.load_state_dict(runs.load_encoder(spec)[0].state_dict())
+    return method, history
+
+
+class NormalisedRecords(Dataset):
+    """Records in memory with ``image`` normalised as in pretraining, ``(x - 0.5) / 0.25`` (§B.8).
+
+    ``index_frame()`` gives label and group, so the evaluation harness never re-reads images.
+    """
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        keys = ("label", "patient_id", "video_id", "dataset", "frame_idx")
+        self.records = [
+            {"image": (r["image"] - USCL_MEAN) / USCL_STD, **{k: r[k] for k in keys if k in r}}
+            for r in records
+        ]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.records[i]
+
+    def index_frame(self) -> pd.DataFrame:
+        """Per-item ``label`` and ``group`` (patient, else video)."""
+        rows = [(int(r["label"]), group_of(r)) for r in self.records]
+        return pd.DataFrame(rows, columns=["label", "group"])
+
+
+class RecordAugment:
+    """POCUS fine-tuning train augmentation of a normalised record: crop and flip (§B.8).
+
+    ``RandomResizedCrop(S, scale (0.8, 1), ratio (0.8, 1.25))`` and a horizontal flip, with its
+    own generator (seeded), on an image already resized and normalised.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.aug = USCLAugment(size, jitter=0.0, mean=0.0, std=1.0)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``record`` with an augmented ``image``."""
+        return {**record, "image": self.aug(record["image"], self.rng)}
+
+
+def protocol_folds(
+    cfg: USCLConfig, data_root: str | Path | None = None
+) -> list[tuple[NormalisedRecords, NormalisedRecords]]:
+    """The downstream folds ``[(train, test), ...]`` of the POCUS protocol (§B.8).
+
+    * POCUS layout: the extracted frames of the covid / pneumonia / regular clips (viral and the
+      uncertain clip dropped) with the layout's patient-grouped ``fold`` column; the first
+      ``cfg.eval.folds`` folds serve as test folds (all 5 in the paper preset).
+    * synthetic (``data_root=None``): ``3 * n_per_class`` lung stills of an independent split,
+      never seen in pretraining, in ``cfg.eval.folds`` folds grouped by scan, class-stratified.
+    """
+    root = pocus_root(data_root)
+    if root is not None:
+        from uslib.data.sources import RecordDataset, pocus_items
+
+        items = pocus_items(root, "frames")
+        ds: Any = RecordDataset(items, img_size=cfg.data.img_size, resize="stretch")
+        fold = np.array([it["meta"]["fold"] for it in items])
+        splits = [(np.flatnonzero(fold != k), np.flatnonzero(fold == k))
+                  for k in range(min(cfg.eval.folds, 5))]  # fmt: skip
+        records = [ds[i] for i in range(len(ds))]
+    else:
+        from uslib.data.synthetic import SyntheticStills
+        from uslib.evaluation.stats import grouped_kfold
+
+        d = cfg.data
+        ds = SyntheticStills(d.task, "test", d.n_per_class, d, seed=d.seed + 1)
+        records = [ds[i] for i in range(len(ds))]
+        labels = [int(r["label"]) for r in records]
+        splits = grouped_kfold([group_of(r) for r in records], cfg.eval.folds, labels=labels,
+                               seed=cfg.seed)  # fmt: skip
+    return [
+        (NormalisedRecords([records[i] for i in tr]), NormalisedRecords([records[i] for i in te]))
+        for tr, te in splits
+    ]
+
+
+def _row(init: str, fold: int, select: str, acc: float, epoch: int, res: Any) -> dict[str, Any]:
+    n = len(res.y_true)
+    row = {"init": init, "fold": fold, "select": select, "accuracy": acc, "best_epoch": epoch}
+    return {**row, "last_accuracy": res.last_accuracy, "n_test": n, "n_correct": round(acc * n)}
+
+
+def pocus_protocol(
+    encoder: nn.Module, folds_data: list[tuple[Any, Any]], cfg: USCLConfig, init: str = "uscl"
+) -> pd.DataFrame:
+    """USCL's POCUS fine-tuning protocol with both epoch-selection rules (§B.8, D-8).
+
+    Per fold, the last residual block and a new linear layer train (``mode="partial"``) with
+    ``cfg.eval`` (paper: Adam 0.01, wd 1e-4, cosine, 100 epochs, batch 32) and crop + flip
+    augmentation. ``select="test"`` rows report the epoch with the best *test-fold* accuracy,
+    as the released script does (optimistic: the test fold picks the model); ``select="val"``
+    rows pick the epoch on a patient-grouped ``cfg.protocol_val_fraction`` split of the training
+    folds, which is then not trained on (honest). With ``cfg.protocol_shared_run`` both rows come
+    from the one ``"val"`` run (half the cost; the test-selected row then trains on 80 % of the
+    training folds).
+
+    Args:
+        encoder: the pretrained backbone (not modified).
+        folds_data: ``[(train_ds, test_ds), ...]`` from ``protocol_folds``.
+        cfg: the ``USCLConfig`` (``eval``, ``seed``, ``protocol_*``).
+        init: name of the encoder in the table (``"uscl"``, ``"random"``...).
+
+    Returns:
+        One row per fold and rule: ``init, fold, select, accuracy, best_epoch, last_accuracy,
+        n_test, n_correct``.
+    """
+    from uslib.evaluation import finetune_classifier
+
+    rows = []
+    for k, (train_ds, test_ds) in enumerate(folds_data):
+        n_cls = 1 + max(int(train_ds.index_frame()["label"].max()), 2)
+        aug = RecordAugment(cfg.data.img_size, cfg.seed + k)
+        kw = dict(num_classes=n_cls, mode="partial", val_fraction=cfg.protocol_val_fraction,
+                  seed=cfg.seed + k, train_transform=aug)  # fmt: skip
+        for sel in ("val",) if cfg.protocol_shared_run else ("test", "val"):
+            res = finetune_classifier(encoder, train_ds, test_ds, cfg.eval, select=sel, **kw)
+            if cfg.protocol_shared_run:
+                h = res.history
+                best = int(np.argmax(h["test_acc"].to_numpy()))
+                acc = float(h["test_acc"].iloc[best])
+                rows.append(_row(init, k, "test", acc, int(h["epoch"].iloc[best]), res))
+            rows.append(_row(init, k, sel, res.accuracy, res.best_epoch, res))
+    return pd.DataFrame(rows)
+
+
+def summarize_protocol(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """Mean +- std over folds and the pooled accuracy (summed confusion matrices, §B.8), in %.
+
+    Returns:
+        One row per ``(init, select)``: ``folds``, ``mean``, ``std`` (ddof 1) and ``pooled``
+        (total correct / total test items: the paper's "total accuracy").
+    """
+    g = per_fold.groupby(["init", "select"], sort=False)
+    out = g["accuracy"].agg(folds="count", mean="mean", std="std")
+    out["pooled"] = g["n_correct"].sum() / g["n_test"].sum()
+    out[["mean", "std", "pooled"]] *= 100.0
+    return out.reset_index()
+
+
+METHODS.register("uscl")(
+    lambda: MethodSpec(name="uscl", config_cls=USCLConfig, build=build, train_data=train_data)
+)
