@@ -28,14 +28,22 @@ def _toy_mlp() -> torch.nn.Module:
 if "_toy_mlp" not in BACKBONES:
     BACKBONES.register("_toy_mlp")(_toy_mlp)
 if "_toy" not in METHODS:
-    METHODS.register("_toy")(lambda: MethodSpec(
-        "_toy", ToyConfig, lambda cfg: ToyRegressor(seed=cfg.seed),
-        lambda cfg, root: (ToyImages(8), ToyImages(4, seed=1))))
+    METHODS.register("_toy")(
+        lambda: MethodSpec(
+            "_toy",
+            ToyConfig,
+            lambda cfg: ToyRegressor(seed=cfg.seed),
+            lambda cfg, root: (ToyImages(8), ToyImages(4, seed=1)),
+        )
+    )
 
 
 def test_parse_overrides() -> None:
     assert parse_overrides(["optim.lr=1e-3", "seed=3", "data.task=breast"]) == {
-        "optim.lr": 1e-3, "seed": 3, "data.task": "breast"}
+        "optim.lr": 1e-3,
+        "seed": 3,
+        "data.task": "breast",
+    }
     with pytest.raises(ValueError, match="'lr'"):
         parse_overrides(["lr"])
 
