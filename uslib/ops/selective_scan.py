@@ -159,8 +159,8 @@ def selective_scan_ref(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Selective scan by its definition: a sequential loop over the L positions.
 
-    Same signature and semantics as mamba-ssm's ``selective_scan_ref`` (real A only). Slow on
-    purpose: the loop indexes one position per step, so autograd's backward zero-fills a full
+    Same signature and semantics as mamba-ssm's ``selective_scan_ref`` (real A only). Slow by
+    design: the loop indexes one position per step, so autograd's backward zero-fills a full
     gradient at every step (quadratic in L); it is the test oracle and the "naive" benchmark arm.
 
     Args:
