@@ -45,11 +45,13 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Tests run single-threaded: small tensors gain nothing from a second OpenMP thread, and results
+# do not depend on the machine's core count.
 unit: install
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -p no:cacheprovider
 
 nbtest: install
-	$(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -q notebooks
+	OMP_NUM_THREADS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -q notebooks
 
 figures: install
 	$(PY) -m uslib.figures --profile $(PROFILE)
