@@ -189,6 +189,15 @@ def test_figures_cli_rewrites_readme_in_agreement_with_tables(tmp_path):
     assert readme_agrees(readme, figs / "07_summary.csv", profile="cpu")
     assert main(["--profile", "paper", "--root", str(tmp_path)]) == 1  # no run records
 
+    # smoke runs render into their own folder and never touch the published figures or README
+    smoke = tmp_path / "papermill_runs" / "smoke" / "07_evaluation" / "tables"
+    smoke.mkdir(parents=True)
+    pd.concat([_results(), probe]).assign(value=0.123).to_csv(smoke / "results.csv", index=False)
+    before = readme.read_text(), (figs / "07_summary.csv").read_text()
+    assert main(["--profile", "smoke", "--root", str(tmp_path)]) == 0
+    assert (readme.read_text(), (figs / "07_summary.csv").read_text()) == before
+    assert (tmp_path / "papermill_runs" / "smoke" / "_figures" / "07_summary.csv").is_file()
+
 
 def test_evaluation_figures_are_figures():
     from matplotlib.figure import Figure

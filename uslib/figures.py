@@ -109,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = repo_root()
     else:
         root = Path(args.root)
-    out_dir = Path(args.out) if args.out else root / "figures"
     runs = root / "papermill_runs" / args.profile
+    # smoke numbers are not meaningful: they never replace the published figures or README table
+    smoke = args.profile == "smoke"
+    out_dir = Path(args.out) if args.out else (runs / "_figures" if smoke else root / "figures")
     if not runs.is_dir():
         print(f"no run records under {runs}; run the notebooks first (make reproduce)")
         return 1
@@ -119,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         written += RENDERERS.get(run_dir.name, render_history)(run_dir, out_dir)
     for p in written:
         print(f"wrote {p.relative_to(root) if p.is_relative_to(root) else p}")
-    if not args.no_readme:
+    if not args.no_readme and not smoke:
         try:
             ok = rewrite_readme(root / "README.md", out_dir, args.profile)
         except ValueError as err:  # README without the results markers: warn, do not fail
