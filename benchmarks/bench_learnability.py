@@ -23,7 +23,9 @@ from uslib.data.synthetic import SyntheticConfig, SyntheticStills
 from uslib.evaluation.finetune import finetune_classifier
 from uslib.models import create_backbone
 
-OUT = Path(__file__).resolve().parent / "results" / "learnability.json"
+OUT = Path(
+    os.environ.get("LEARN_OUT", Path(__file__).resolve().parent / "results" / "learnability.json")
+)
 
 
 def run_task(task: str, img_size: int, n_per_class: int, epochs: int, threads: int) -> dict:

@@ -88,7 +88,7 @@ def test_training_step_finite_and_backbone_gets_grads() -> None:
     out["loss"].backward()
     grads = [p.grad for p in method.backbone.parameters()]
     assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
-    assert method.encoder is method.backbone
+    assert method.encoder is method.backbone and method.encoder_kwargs == {"in_chans": 1}
 
 
 def test_loss_is_nt_xent_plus_weighted_ce() -> None:

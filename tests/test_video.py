@@ -146,6 +146,9 @@ def test_labels_and_label_fraction() -> None:
     ds = SamplePairDataset(FakeVideos([5] * 10), img_size=12, label_fraction=0.3)
     assert int(ds.labelled.sum()) == 3
     assert sum(ds[i]["label1"] >= 0 for i in range(10)) == 3
+    hidden = int(np.flatnonzero(~ds.labelled)[0])  # outside the labelled subset:
+    ds.videos.labels[hidden] = 2  # changing its label changes nothing
+    assert ds[hidden]["label1"] == ds[hidden]["label2"] == -1
 
 
 def test_determinism_and_epochs() -> None:
