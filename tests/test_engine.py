@@ -9,7 +9,7 @@ import torch
 from engine_toys import ToyImages, ToyRegressor
 
 from uslib.config import OptimConfig
-from uslib.engine import NonFiniteLossError, fit, param_groups, warmup_cosine
+from uslib.engine import KeepBest, NonFiniteLossError, fit, param_groups, warmup_cosine
 from uslib.engine.checkpoint import latest_checkpoint
 
 OPT = OptimConfig(
@@ -99,7 +99,7 @@ def test_epoch_callbacks_and_validation() -> None:
         ToyImages(8),
         OPT.replace(epochs=3),
         val_data=ToyImages(4, seed=1),
-        callbacks=[lambda e, m: seen.append(m.training) or {"cb": float(e)}],
+        callbacks=[lambda e, m, row: seen.append(m.training) or {"cb": float(e)}],
         progress=False,
     )
     assert [r["epoch"] for r in hist.epochs] == [0, 1, 2]
@@ -137,3 +137,63 @@ def test_no_decay_groups() -> None:
     decay, no_decay = param_groups(model, 0.05)
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
     assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_callbacks_see_the_row_so_far() -> None:
+    rows = []
+    fit(
+        ToyRegressor(),
+        ToyImages(8),
+        OPT.replace(epochs=2),
+        val_data=ToyImages(4, seed=1),
+        callbacks=[
+            lambda e, m, row: {"twice": 2 * row["val_loss"]},
+            lambda e, m, row: rows.append(dict(row)),
+        ],
+        progress=False,
+    )
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(r["twice"] == pytest.approx(2 * r["val_loss"]) for r in rows)  # earlier cb's value
+
+
+def test_keep_best_min_max_ties_and_missing_key() -> None:
+    saved = []
+    keep = KeepBest("v", lambda e, m, v: saved.append((e, v)), mode="min")
+    for e, v in enumerate([3.0, 2.0, 2.0, 5.0, 1.0]):
+        out = keep(e, None, {"v": v})
+    assert saved == [(0, 3.0), (1, 2.0), (4, 1.0)] and out == {"best_epoch": 4.0}
+    saved.clear()
+    up = KeepBest("acc", lambda e, m, v: saved.append(e), mode="max")
+    for e, v in enumerate([0.5, 0.7, 0.7, 0.6]):
+        up(e, None, {"acc": v})
+    assert saved == [0, 1] and up.best_epoch == 1  # earliest epoch wins the tie
+    saved.clear()
+    last = KeepBest("missing", lambda e, m, v: saved.append(e))
+    for e in range(3):
+        last(e, None, {"epoch": e})
+    assert saved == [0, 1, 2]  # no value to select on: every epoch replaces the previous one
+    with pytest.raises(ValueError, match="mode"):
+        KeepBest("v", print, mode="best")
+
+
+def test_keep_best_state_survives_resume(tmp_path) -> None:
+    """An interrupted run must not overwrite its best weights with a worse epoch after resuming.
+
+    Selecting on the *highest* validation loss makes epoch 0 the best (the loss falls), so a
+    callback that forgot its state on resume would save again at epoch 2.
+    """
+    opt = OPT.replace(epochs=4, checkpoint_every=2)
+
+    def run(folder: str, stop: int | None = None) -> tuple[list[int], KeepBest]:
+        saved: list[int] = []
+        keep = KeepBest("val_loss", lambda e, m, v: saved.append(e), mode="max")
+        val = ToyImages(4, seed=1)
+        fit(ToyRegressor(), ToyImages(8), opt, val_data=val, run_dir=tmp_path / folder,
+            callbacks=[keep], stop_at_step=stop, progress=False)  # fmt: skip
+        return saved, keep
+
+    ref_saved, ref = run("a")
+    assert ref_saved == [0]  # the premise: the validation loss falls after epoch 0
+    run("b", stop=4)  # interrupted after epoch 1 (2 steps per epoch)
+    res_saved, res = run("b")
+    assert res_saved == [] and res.best_epoch == ref.best_epoch == 0 and res.best == ref.best

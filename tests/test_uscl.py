@@ -16,12 +16,13 @@ from uslib.data.video import SamplePairDataset
 from uslib.methods import get_method
 from uslib.methods.uscl import (
     USCL,
-    BestValEncoder,
     NormalisedRecords,
     RecordAugment,
     USCLConfig,
     build,
+    encoder_saver,
     pocus_root,
+    pretrain,
     summarize_protocol,
     train_data,
 )
@@ -136,20 +137,34 @@ class FakeRun:
         self.saved.append({"backbone": backbone, **info})
 
 
-def test_best_val_callback_saves_only_on_improvement() -> None:
+def test_encoder_saver_records_epoch_and_validation_value() -> None:
     cfg = USCLConfig.preset("smoke")
-    method = build(cfg).eval()
     run = FakeRun()
-    cb = BestValEncoder(run, SamplePairDataset(TinyVideos(4), img_size=16), cfg)
-    first = cb(0, method)
-    assert first["val_nt_xent"] == pytest.approx(first["val_loss"]) and len(run.saved) == 1
-    cb(1, method)  # same weights, same pairs: no improvement, nothing saved
-    assert len(run.saved) == 1 and run.saved[0]["epoch"] == 0
-    cb.best = 1e9
-    cb(2, method)
-    assert len(run.saved) == 2 and run.saved[1]["val_nt_xent"] == pytest.approx(first["val_loss"])
-    no_val = BestValEncoder(run, None, cfg)
-    assert math.isnan(no_val(0, method)["val_nt_xent"]) and len(run.saved) == 3
+    save = encoder_saver(run, cfg)
+    save(3, build(cfg), 1.25)
+    save(4, build(cfg), math.nan)  # no validation videos: no value recorded
+    assert run.saved[0]["epoch"] == 3 and run.saved[0]["val_nt_xent"] == 1.25
+    assert run.saved[0]["backbone"] == cfg.backbone and "val_nt_xent" not in run.saved[1]
+
+
+def test_pretrain_keeps_the_encoder_of_the_best_validation_epoch(tmp_path) -> None:
+    from uslib import runs
+
+    cfg = USCLConfig.preset("smoke", **{"optim.epochs": 3, "optim.batch_size": 4})
+    run = runs.start("t", cfg, out_dir=tmp_path, verbose=False)
+    train = SamplePairDataset(TinyVideos(8), img_size=16, seed=0)
+    val = SamplePairDataset(TinyVideos(4), img_size=16, seed=1)
+    method, hist = pretrain(cfg, run, data=(train, val))
+    epochs = hist.to_frame("epochs")
+    best = hist.best_epoch("val_nt_xent")
+    assert epochs["val_nt_xent"].notna().all() and len(epochs) == 3
+    spec = Path(run.dir) / "checkpoints" / runs.ENCODER_SPEC
+    saved, info = runs.load_encoder(spec)
+    assert info["epoch"] == best["epoch"] and info["val_nt_xent"] == pytest.approx(
+        best["val_nt_xent"]
+    )
+    for k, v in saved.state_dict().items():  # the best encoder is loaded back into the method
+        assert torch.equal(v, method.backbone.state_dict()[k]), k
 
 
 def test_summarize_protocol_mean_std_pooled() -> None:

@@ -25,12 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from uslib.config import OptimConfig
+from uslib.engine.callbacks import EpochCallback
 from uslib.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from uslib.engine.optim import build_optimizer
 from uslib.engine.schedules import warmup_cosine
 from uslib.methods.base import Method
-
-EpochCallback = Callable[[int, Method], "dict[str, float] | None"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -167,8 +166,9 @@ def fit(
         run_dir: folder for ``history.csv`` and ``checkpoints/``; ``None`` keeps all in memory.
         resume: continue from ``run_dir/checkpoints/latest`` when present.
         seed: seeds every RNG and the sampler (the same seed gives the same run).
-        callbacks: ``cb(epoch, method) -> dict | None`` called at each epoch end (eval mode, no
-            grad); returned floats join that epoch's row.
+        callbacks: ``cb(epoch, method, row) -> dict | None`` called in order at each epoch end
+            (eval mode, no grad) with the epoch's row so far; returned floats join the row. See
+            ``uslib.engine.callbacks`` (``KeepBest``; ``restore`` after a resume).
         collate_fn: DataLoader collate function.
         progress: show a ``tqdm.auto`` bar with loss and images/s.
         stop_at_step: stop (after checkpointing) once this optimizer step is reached, as an
@@ -224,6 +224,9 @@ def fit(
         state = load_checkpoint(accel, last)
         step, history = state["step"], History(state["steps"], state["epochs"])
         accel.print(f"resumed from {last} at step {step}/{total}")
+        for cb in callbacks:
+            if callable(getattr(cb, "restore", None)):
+                cb.restore(history.epochs)
 
     def checkpoint() -> None:
         if ckpt_root is not None:
@@ -316,7 +319,7 @@ def _epoch_end(
     method.eval()
     with torch.no_grad():
         for cb in callbacks:
-            row.update(cb(epoch, method) or {})
+            row.update(cb(epoch, method, row) or {})
     method.train()
     return row
 

@@ -203,16 +203,16 @@ class _EpochScorer:
         self.test_proba: list[np.ndarray] = []
         self.y_test: np.ndarray | None = None
 
-    def __call__(self, epoch: int, method: Method) -> dict[str, float]:
+    def __call__(self, epoch: int, method: Method, row: dict[str, Any]) -> dict[str, float]:
         assert isinstance(method, ClassifierMethod)
-        row = {}
+        out = {}
         if self.val_ds is not None:
             yv, pv = predict_proba(method, self.val_ds, self.bs)
-            row["val_acc"] = float(np.mean(pv.argmax(1) == yv))
+            out["val_acc"] = float(np.mean(pv.argmax(1) == yv))
         self.y_test, pt = predict_proba(method, self.test_ds, self.bs)
         self.test_proba.append(pt)
-        row["test_acc"] = float(np.mean(pt.argmax(1) == self.y_test))
-        return row
+        out["test_acc"] = float(np.mean(pt.argmax(1) == self.y_test))
+        return out
 
 
 def finetune_classifier(

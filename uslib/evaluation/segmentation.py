@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from uslib.config import EvalConfig, OptimConfig
+from uslib.engine.callbacks import KeepBest
 from uslib.evaluation.feature_maps import DecoderOnMaps, cache_feature_maps, predict_cached
 from uslib.evaluation.records import (
     RecordTransform,
@@ -160,26 +161,33 @@ def _mean_dice(pred: dict[str, Any], num_classes: int, empty: str) -> float:
     return float(np.nanmean(scores)) if scores else float("nan")
 
 
-class _BestKeeper:
-    """Epoch-end callback: mean Dice on the selection set; copies the weights when it improves.
+class _SelectionDice:
+    """Epoch-end callback: mean Dice on the selection set (``sel_dice``, read by ``KeepBest``).
 
     ``predict`` maps the method being trained to ``predict_masks``-style arrays of the selection
-    set (None: ``select="last"``, keep the latest weights).
+    set (None: ``select="last"``, nothing to score and ``KeepBest`` keeps the latest weights).
     """
 
     def __init__(self, predict: Any | None, num_classes: int, empty: str) -> None:
         self.predict, self.c, self.empty = predict, num_classes, empty
-        self.best, self.best_epoch, self.state = -np.inf, -1, None
 
-    def __call__(self, epoch: int, method: Method) -> dict[str, float]:
+    def __call__(self, epoch: int, method: Method, row: dict[str, Any]) -> dict[str, float]:
         if self.predict is None:
-            self.best_epoch = epoch
             return {}
-        dice = _mean_dice(self.predict(method), self.c, self.empty)
-        if dice > self.best:  # strict: the earliest epoch wins ties
-            self.best, self.best_epoch = dice, epoch
-            self.state = copy.deepcopy(method.state_dict())
-        return {"sel_dice": dice}
+        return {"sel_dice": _mean_dice(self.predict(method), self.c, self.empty)}
+
+
+def _select_by_dice(
+    predict: Any | None, num_classes: int, empty: str
+) -> tuple[list[Any], KeepBest, dict[str, Any]]:
+    """Callbacks scoring the selection Dice and keeping a copy of the best weights."""
+    kept: dict[str, Any] = {}
+
+    def copy_weights(epoch: int, method: Method, value: float) -> None:
+        kept["state"] = copy.deepcopy(method.state_dict())
+
+    keeper = KeepBest("sel_dice", copy_weights, mode="max")
+    return [_SelectionDice(predict, num_classes, empty), keeper], keeper, kept
 
 
 @dataclass
@@ -317,18 +325,17 @@ def _fit_end_to_end(
     from uslib.engine import fit
 
     predict = None if sel_ds is None else (lambda m: predict_masks(m, sel_ds))
-    keeper = _BestKeeper(predict, int(method.decoder_classes), empty)
+    callbacks, keeper, kept = _select_by_dice(predict, int(method.decoder_classes), empty)
     hist = fit(
         method,
         TransformedDataset(train_ds, transform),
         opt,
         seed=seed,
-        callbacks=[keeper],
+        callbacks=callbacks,
         collate_fn=collate_records,
         progress=False,
     )
-    if keeper.state is not None:
-        method.load_state_dict(keeper.state)
+    method.load_state_dict(kept["state"])
     return keeper.best_epoch, hist
 
 
@@ -346,8 +353,7 @@ def _fit_on_cached_maps(
     train_maps = cache_feature_maps(method.backbone, train_ds)
     sel_maps = None if sel_ds is None else cache_feature_maps(method.backbone, sel_ds)
     predict = None if sel_maps is None else (lambda m: predict_cached(m, sel_maps))
-    keeper = _BestKeeper(predict, int(method.decoder_classes), empty)
-    hist = fit(head, train_maps, opt, seed=seed, callbacks=[keeper], progress=False)
-    if keeper.state is not None:
-        head.load_state_dict(keeper.state)  # shares its decoder with ``method``
+    callbacks, keeper, kept = _select_by_dice(predict, int(method.decoder_classes), empty)
+    hist = fit(head, train_maps, opt, seed=seed, callbacks=callbacks, progress=False)
+    head.load_state_dict(kept["state"])  # shares its decoder with ``method``
     return keeper.best_epoch, hist

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from uslib.config import DataConfig, EvalConfig, MethodConfig, OptimConfig
 from uslib.data.schema import group_of
 from uslib.data.transforms import USCL_MEAN, USCL_STD, USCLAugment
 from uslib.data.video import SamplePairDataset, VideoSubset, split_videos
+from uslib.engine.callbacks import KeepBest
 from uslib.losses import masked_cross_entropy, nt_xent
 from uslib.methods import METHODS, MethodSpec
 from uslib.methods.base import Method
@@ -227,48 +229,19 @@ def train_data(
     return train, val
 
 
-class BestValEncoder:
-    """Epoch callback: validation NT-Xent on un-mixed pairs; saves the encoder when it improves.
+def encoder_saver(run: Any, cfg: USCLConfig) -> Callable[[int, Method, float], None]:
+    """``KeepBest`` action: write the encoder to ``run.dir/checkpoints/encoder.*`` (notebook 07).
 
-    USCL keeps ``best_model.pth``, the weights with the lowest validation NT-Xent on the
-    augmented, un-mixed frame pairs of the held-out videos, checked every epoch (§B.7). Without
-    a validation set every epoch counts as an improvement (the last encoder is kept).
-
-    Args:
-        run: a ``uslib.runs.Run`` (``save_encoder`` writes ``checkpoints/encoder.*``).
-        val_data: the held-out SPG dataset, or ``None``.
-        cfg: the ``USCLConfig`` (backbone name, batch size, input channels).
+    The spec records the epoch, the validation NT-Xent and the input normalisation.
     """
 
-    def __init__(self, run: Any, val_data: Dataset | None, cfg: USCLConfig) -> None:
-        self.run, self.cfg = run, cfg
-        bs = cfg.optim.batch_size
-        self.loader = None if val_data is None else DataLoader(val_data, bs, shuffle=False)
-        self.best, self.best_epoch = math.inf, -1
+    def save(epoch: int, method: Method, val: float) -> None:
+        info = {"method": "uscl", "epoch": int(epoch), "input_norm": [USCL_MEAN, USCL_STD]}
+        if not math.isnan(val):
+            info["val_nt_xent"] = float(val)
+        run.save_encoder(method.encoder, cfg.backbone, method.encoder_kwargs, **info)
 
-    def validate(self, method: USCL) -> float:
-        """Mean validation NT-Xent (weighted by batch size); ``nan`` without validation data."""
-        if self.loader is None:
-            return math.nan
-        device = next(method.parameters()).device
-        total, n = 0.0, 0
-        for batch in self.loader:
-            raw = {k: batch[k].to(device) for k in ("raw1", "raw2")}
-            total += float(method.validation_step(raw)["nt_xent"]) * len(raw["raw1"])
-            n += len(raw["raw1"])
-        return total / max(1, n)
-
-    def __call__(self, epoch: int, method: Method) -> dict[str, float]:
-        """Validate, save the encoder if better, and return the epoch's ``val_*`` values."""
-        assert isinstance(method, USCL)
-        val = self.validate(method)
-        if math.isnan(val) or val < self.best:
-            self.best, self.best_epoch = (math.inf if math.isnan(val) else val), epoch
-            info = {"method": "uscl", "epoch": int(epoch), "input_norm": [USCL_MEAN, USCL_STD]}
-            if not math.isnan(val):
-                info["val_nt_xent"] = float(val)
-            self.run.save_encoder(method.encoder, self.cfg.backbone, method.encoder_kwargs, **info)
-        return {"val_loss": val, "val_nt_xent": val, "best_epoch": float(self.best_epoch)}
+    return save
 
 
 def pretrain(
@@ -282,10 +255,11 @@ def pretrain(
 ) -> tuple[USCL, Any]:
     """Run USCL pretraining with ``engine.fit`` and reload the best-validation encoder.
 
-    The validation NT-Xent is computed by the ``BestValEncoder`` epoch callback (``val_nt_xent``
-    in ``history.epochs``), which writes the best encoder to ``run.dir/checkpoints/encoder.*``
-    (read by notebook 07). ``fit`` gets no ``val_data`` (its callbacks cannot see its validation
-    values, and computing them twice would double the cost).
+    ``fit`` computes the validation NT-Xent on the un-mixed pairs of the held-out videos
+    (``validation_step``; ``val_nt_xent`` in ``history.epochs``) and ``KeepBest`` writes the
+    encoder to ``run.dir/checkpoints/encoder.*`` whenever it improves (read by notebook 07).
+    Without validation videos the last encoder is kept. After a resume the best value so far is
+    restored from the logged epochs.
 
     Args:
         cfg: the resolved ``USCLConfig``.
@@ -305,9 +279,9 @@ def pretrain(
 
     method = method or build(cfg)
     train_ds, val_ds = data or train_data(cfg, data_root)
-    selector = BestValEncoder(run, val_ds, cfg)
-    history = fit(method, train_ds, cfg.optim, run_dir=run.dir, resume=resume, seed=cfg.seed,
-                  callbacks=[selector])  # fmt: skip
+    keep = KeepBest("val_nt_xent", encoder_saver(run, cfg), mode="min")
+    history = fit(method, train_ds, cfg.optim, val_data=val_ds, run_dir=run.dir, resume=resume,
+                  seed=cfg.seed, callbacks=[keep])  # fmt: skip
     spec = Path(run.dir) / "checkpoints" / runs.ENCODER_SPEC
     if spec.is_file():
         method.backbone.load_state_dict(runs.load_encoder(spec)[0].state_dict())
