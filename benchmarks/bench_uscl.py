@@ -85,6 +85,7 @@ def pipeline() -> dict[str, Any]:
     import pandas as pd
 
     from uslib import runs
+    from uslib.evaluation import pocus
     from uslib.methods import uscl
     from uslib.models import create_backbone
 
@@ -99,20 +100,20 @@ def pipeline() -> dict[str, Any]:
     method, history = uscl.pretrain(cfg, run, data=(train_ds, val_ds))
     times["pretrain_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    folds = uscl.protocol_folds(cfg)
+    folds = pocus.protocol_folds(cfg)
     torch.manual_seed(cfg.seed)
     rnd = create_backbone(cfg.backbone, in_chans=cfg.data.in_chans)
     per_fold = pd.concat(
         [
-            uscl.pocus_protocol(rnd, folds, cfg, init="random"),
-            uscl.pocus_protocol(method.encoder, folds, cfg, init="uscl"),
+            pocus.pocus_protocol(rnd, folds, cfg, init="random"),
+            pocus.pocus_protocol(method.encoder, folds, cfg, init="uscl"),
         ]
     )
     times["protocol_s"] = time.perf_counter() - t0
     best = history.best_epoch("val_nt_xent")
     return {**times, "total_min": sum(times.values()) / 60, "best_epoch": int(best["epoch"]),
             "best_val_nt_xent": float(best["val_nt_xent"]),
-            "summary": uscl.summarize_protocol(per_fold).round(2).to_dict("records"),
+            "summary": pocus.summarize_protocol(per_fold).round(2).to_dict("records"),
             "per_fold": per_fold.round(4).to_dict("records")}  # fmt: skip
 
 

@@ -62,9 +62,20 @@ def test_kfold_balances_labels(rows):
     assert (per.max(0) - per.min(0) <= 9).all()
 
 
+def test_kfold_gives_one_fold_id_per_row_and_no_empty_fold(rows):
+    groups, labels = rows
+    for k in (2, 5, 60):  # 60 = one group per fold
+        folds = grouped_kfold(groups, k, seed=0, labels=labels)
+        assert folds.shape == (len(groups),) and folds.dtype == np.int64
+        assert set(folds.tolist()) == set(range(k))  # ids 0..k-1, every fold used
+        check_no_crossing(groups, folds)
+
+
 def test_kfold_needs_enough_groups():
     with pytest.raises(ValueError, match="groups"):
         grouped_kfold(["a", "a", "b"], k=3)
+    with pytest.raises(ValueError, match="k >= 2"):
+        grouped_kfold(["a", "b", "c"], k=1)
 
 
 def test_train_val_test_fractions_and_groups(rows):

@@ -13,17 +13,14 @@ import torch
 
 from uslib.config import ConfigError
 from uslib.data.video import SamplePairDataset
+from uslib.evaluation.pocus import NormalisedRecords, RecordAugment, pocus_root, summarize_protocol
 from uslib.methods import get_method
 from uslib.methods.uscl import (
     USCL,
-    NormalisedRecords,
-    RecordAugment,
     USCLConfig,
     build,
     encoder_saver,
-    pocus_root,
     pretrain,
-    summarize_protocol,
     train_data,
 )
 

@@ -13,37 +13,65 @@ file. Building it runs one validation pass that decodes every item once and
 * optionally detects the ultrasound fan (``roi_crop``) and writes a resized image cache.
 
 Synthetic records (the embedded default) have no files; :func:`write_records` saves them as PNG
-first, so that every later notebook reads the same kind of manifest.
+first, so that every later notebook reads the same kind of manifest. Notebook 01's assembly
+(``AssemblyConfig``, ``assemble_items``, ``write_records``, ``find_real_sets``, ``real_items``)
+lives in :mod:`uslib.data.assembly` and is re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from uslib.config import ConfigBase
+from uslib.data.assembly import (
+    AssemblyConfig,
+    assemble_items,
+    find_real_sets,
+    real_items,
+    write_records,
+)
 from uslib.data.dedup import hash_to_hex, phash
+from uslib.data.geometry import detect_fan_roi, fit_image
+from uslib.data.items import make_item
 from uslib.data.media import (
     DEFAULT_MAX_PIXELS,
     MediaError,
-    detect_fan_roi,
-    fit_image,
     read_dicom,
     read_image,
     read_mask,
     read_video_frame,
     video_info,
 )
-from uslib.data.sources import hc18_items, make_item, pocus_items
+from uslib.data.sources import hc18_items, pocus_items
+
+__all__ = [
+    "INFO_COLUMNS",
+    "ITEM_COLUMNS",
+    "MIN_SIDE",
+    "REJECT_COLUMNS",
+    "AssemblyConfig",
+    "Manifest",
+    "assemble_items",
+    "build_manifest",
+    "find_real_sets",
+    "hc18_items",
+    "inspect_item",
+    "load_manifest",
+    "make_item",
+    "manifest_dir",
+    "pocus_items",
+    "real_items",
+    "save_manifest",
+    "write_records",
+]
 
 MIN_SIDE = 32
 ITEM_COLUMNS = ("path", "kind", "mask_paths", "label", "label_name", "dataset", "organ",
@@ -51,34 +79,6 @@ ITEM_COLUMNS = ("path", "kind", "mask_paths", "label", "label_name", "dataset", 
 INFO_COLUMNS = ("height", "width", "mode", "n_frames", "roi_y0", "roi_y1", "roi_x0", "roi_x1",
                 "phash", "cache_path", "group")  # fmt: skip
 REJECT_COLUMNS = ("path", "dataset", "reason", "detail")
-
-
-@dataclass(frozen=True)
-class AssemblyConfig(ConfigBase):
-    """Settings of notebook 01 (dataset assembly); defaults are the smoke profile.
-
-    ``tasks`` are synthetic tasks (``uslib.data.synthetic.TASKS``); ``real_limit`` caps the items
-    taken from each real set found under ``data_root`` (0 = all); ``cache_size`` 0 = no cache.
-    """
-
-    tasks: tuple[str, ...] = ("lung", "breast")
-    n_per_class: int = 4
-    img_size: int = 64
-    folds: int = 3
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    max_distance: int = 6
-    roi_crop: bool = False  # for raw scanner exports with overlays; the sets here are cropped
-    cache_size: int = 0
-    real_limit: int = 60
-    seed: int = 0
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {},
-        "cpu": {"tasks": ("lung", "breast", "liver", "fetal_head"), "n_per_class": 24,
-                "img_size": 128, "folds": 5, "real_limit": 0, "cache_size": 128},
-        "paper": {"tasks": ("lung", "breast", "liver", "fetal_head"), "n_per_class": 200,
-                  "img_size": 224, "folds": 5, "real_limit": 0, "cache_size": 224},
-    }  # fmt: skip
 
 
 @dataclass
@@ -300,114 +300,3 @@ def load_manifest(out_dir: str | Path) -> Manifest:
     rejects = pd.read_csv(rej, keep_default_na=False) if rej.is_file() else None
     table = datasets.load_from_disk(str(out / "arrow"))
     return Manifest(table, rejects if rejects is not None else pd.DataFrame(columns=REJECT_COLUMNS))
-
-
-def write_records(
-    records: Iterable[dict[str, Any]], out_dir: str | Path, prefix: str = ""
-) -> list[dict[str, Any]]:
-    """Save in-memory records (e.g. synthetic ones) as 8-bit PNGs and return their items.
-
-    Args:
-        records: records of the common schema (``image`` (1, H, W) in [0, 1]).
-        out_dir: folder for ``<dataset>/<prefix><n>.png`` and ``..._mask.png``.
-        prefix: file-name prefix (e.g. the split).
-
-    Returns:
-        Items pointing at the files (labels, ids, spacing and scalar meta kept).
-    """
-    out, items = Path(out_dir), []
-    for n, rec in enumerate(records):
-        folder = out / rec["dataset"]
-        folder.mkdir(parents=True, exist_ok=True)
-        img = np.asarray(rec["image"], np.float32)[0]
-        path = folder / f"{prefix}{n:05d}.png"
-        Image.fromarray((np.clip(img, 0, 1) * 255.0 + 0.5).astype(np.uint8)).save(path)
-        masks = []
-        if bool(rec.get("has_mask", False)):
-            masks = [folder / f"{prefix}{n:05d}_mask.png"]
-            m = (np.asarray(rec["mask"]) > 0).astype(np.uint8) * 255
-            Image.fromarray(m).save(masks[0])
-        meta = {k: v for k, v in rec.get("meta", {}).items() if isinstance(v, str | int | float)}
-        items.append(make_item(
-            path, dataset=rec["dataset"], mask_paths=masks, label=int(rec["label"]),
-            label_name=str(meta.get("label_name", meta.get("class_name", ""))),
-            organ=rec.get("organ", ""),
-            patient_id=rec.get("patient_id", ""),
-            video_id=rec.get("video_id") or f"{rec['dataset']}:{prefix}{n:05d}",
-            frame_idx=int(rec.get("frame_idx", -1)), spacing=float(rec.get("spacing", 0.0)),
-            meta=meta))  # fmt: skip
-    return items
-
-
-def assemble_items(
-    cfg: AssemblyConfig, out_dir: str | Path, data_root: str | Path | None = None
-) -> list[dict[str, Any]]:
-    """The items of notebook 01: synthetic stills of ``cfg.tasks`` (written as PNG under
-    ``out_dir``), plus every real set found under ``data_root`` when it is given.
-
-    Synthetic: ``uslib.data.synthetic.SyntheticStills(task, "train", cfg.n_per_class, cfg,
-    cfg.seed)``, one patient per image. Real: :func:`real_items` capped at ``cfg.real_limit``.
-    """
-    from uslib.data.synthetic import SyntheticStills
-
-    items: list[dict[str, Any]] = []
-    for task in cfg.tasks:
-        ds = SyntheticStills(task, "train", cfg.n_per_class, cfg, seed=cfg.seed)
-        items += write_records((ds[i] for i in range(len(ds))), out_dir, prefix="train_")
-    if data_root is not None:
-        items += real_items(data_root, limit=cfg.real_limit or None, seed=cfg.seed)
-    return items
-
-
-def find_real_sets(data_root: str | Path) -> dict[str, Path]:
-    """Auto-detect the real layouts under ``data_root`` (itself and two levels below).
-
-    Returns:
-        ``{"pocus": path, "hc18": path}`` for the folders found: POCUS = ``samples.csv`` +
-        ``frames.csv``; HC18 = ``labels.csv`` with a ``head_circumference_mm`` column.
-    """
-    root = Path(data_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data_root {root} is not a folder")
-    found: dict[str, Path] = {}
-    for d in [root, *sorted(root.glob("*/")), *sorted(root.glob("*/*/"))]:
-        if "pocus" not in found and (d / "samples.csv").is_file() and (d / "frames.csv").is_file():
-            found["pocus"] = d
-        lab = d / "labels.csv"
-        if "hc18" not in found and lab.is_file():
-            if "head_circumference_mm" in lab.open().readline():
-                found["hc18"] = d
-    return found
-
-
-def real_items(
-    data_root: str | Path, limit: int | None = None, seed: int = 0
-) -> list[dict[str, Any]]:
-    """Items of every real set found by :func:`find_real_sets` (POCUS frames, HC18 images).
-
-    Args:
-        limit: keep at most this many items per set, taken by whole groups (patients) in a
-            seeded order so that a capped set still splits cleanly.
-        seed: order of the groups when capping.
-    """
-    sets = find_real_sets(data_root)
-    loaders = {"pocus": lambda p: pocus_items(p, "frames"), "hc18": hc18_items}
-    out: list[dict[str, Any]] = []
-    for name, path in sets.items():
-        out += _cap_by_group(loaders[name](path), limit, seed)
-    return out
-
-
-def _cap_by_group(items: Sequence[dict[str, Any]], limit: int | None, seed: int) -> list[dict]:
-    if limit is None or len(items) <= limit:
-        return list(items)
-    sizes = Counter(it["patient_id"] or it["video_id"] for it in items)
-    groups = sorted(sizes)
-    keep: set[str] = set()
-    n = 0
-    for k in np.random.default_rng(seed).permutation(len(groups)):
-        if n and n + sizes[groups[k]] > limit:
-            continue
-        keep.add(groups[k])
-        n += sizes[groups[k]]
-    return [it for it in items if (it["patient_id"] or it["video_id"]) in keep]

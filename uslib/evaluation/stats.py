@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+from uslib.data import splits as data_splits
 
 LABEL_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.10, 0.25, 1.0)
 """Fractions of training labels for label-efficiency curves (1, 5, 10, 25, 100 %)."""
@@ -33,18 +34,22 @@ def grouped_kfold(
     labels: Sequence[int] | np.ndarray | None = None,
     seed: int = 0,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Patient/video-grouped k-fold splits, stratified by class when ``labels`` are given.
+    """Patient/video-grouped k-fold splits as index pairs, class-balanced when ``labels`` are given.
+
+    A thin adapter over :func:`uslib.data.splits.grouped_kfold`, the one grouped k-fold algorithm
+    of ``uslib`` (greedy, seeded dealing of whole groups), whose fold id per row it turns into
+    ``(train_idx, test_idx)`` pairs.
 
     Args:
         groups: (N,) group id per item (patient or video).
         n_splits: number of folds k (at least 2, at most the number of groups).
-        labels: (N,) class per item; when given, folds are stratified (sklearn
-            ``StratifiedGroupKFold``), else plain ``GroupKFold`` with shuffled groups.
-        seed: shuffling seed.
+        labels: (N,) class per item; when given, folds are balanced per class (by each group's
+            majority class) as well as by size.
+        seed: order in which groups are dealt; same seed, same folds.
 
     Returns:
         k pairs ``(train_idx, test_idx)`` of sorted int arrays; every item is in exactly one test
-        fold and no group is split.
+        fold, no group is split, and no test fold is empty.
 
     Ref: USCL §B.8 (POCUS 5 folds), OpenUS §1.5 (TN3K / BUS-BRA 5 folds).
     """
@@ -54,14 +59,10 @@ def grouped_kfold(
         raise ValueError(
             f"n_splits={n_splits} needs 2 <= n_splits <= number of groups ({n_groups})"
         )
-    x = np.zeros(len(g))
-    if labels is not None:
-        y = np.asarray(labels)
-        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        splits = splitter.split(x, y, g)
-    else:
-        splits = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(x, None, g)
-    return [(np.sort(tr), np.sort(te)) for tr, te in splits]
+    if labels is not None and len(labels) != len(g):
+        raise ValueError(f"labels ({len(labels)}) and groups ({len(g)}) differ in length")
+    fold = data_splits.grouped_kfold(g, n_splits, seed=seed, labels=labels)
+    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(n_splits)]
 
 
 def grouped_holdout(

@@ -1,0 +1,171 @@
+"""Items, the JSON-able pointers to pixels, and the generic folder layouts that list them.
+
+An **item** is a small JSON-able dict that says where the pixels are, never the pixels themselves
+(the manifest stores items): ``path``, ``kind`` (image | video | dicom), ``mask_paths`` (a list,
+merged by logical OR), ``label``, ``label_name``, ``dataset``, ``organ``, ``patient_id``,
+``video_id``, ``frame_idx`` (frame of a clip, -1 for a still), ``spacing`` (mm/px) and
+``meta``. Optional keys added by the manifest: ``roi`` (fan box) and ``cache_path`` (resized
+image cache).
+
+Generic layouts: class folders (``<root>/<class>/*.png``); image + mask pairs (BUSI's ``<class>/
+<class> (n).png`` + ``<class> (n)_mask.png`` [+ ``_mask_1`` ...], or ``images/`` + ``masks/``);
+folders of clips or DICOM files. Dataset-specific layouts (POCUS, HC18) are in
+:mod:`uslib.data.sources`. Stills without a patient id get their own ``video_id`` (a still is a
+one-frame clip), so grouped splits never lump them together.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from uslib.data.media import DICOM_EXTS, IMAGE_EXTS, VIDEO_EXTS, media_kind
+from uslib.data.schema import UNLABELLED
+
+_MASK_RE = re.compile(r"^(?P<stem>.+?)_mask(?:_\d+)?$", re.IGNORECASE)
+
+
+def make_item(path: str | Path, *, dataset: str, **fields: Any) -> dict[str, Any]:
+    """Build an item with defaults for every missing field (kind is guessed from the path)."""
+    item: dict[str, Any] = {
+        "path": str(path),
+        "kind": media_kind(path),
+        "mask_paths": [],
+        "label": UNLABELLED,
+        "label_name": "",
+        "dataset": dataset,
+        "organ": "",
+        "patient_id": "",
+        "video_id": "",
+        "frame_idx": -1,
+        "spacing": 0.0,
+        "meta": {},
+    }
+    unknown = set(fields) - set(item) - {"roi", "cache_path"}
+    if unknown:
+        raise ValueError(f"make_item: unknown fields {sorted(unknown)}")
+    item.update(fields)
+    item["mask_paths"] = [str(p) for p in item["mask_paths"]]
+    return item
+
+
+def _files(folder: Path, exts: frozenset[str]) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+
+
+def _class_dirs(root: Path, classes: Sequence[str] | None) -> list[str]:
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        return names
+    missing = set(classes) - set(names)
+    if missing:
+        raise FileNotFoundError(f"{root}: class folders {sorted(missing)} not found; have {names}")
+    return list(classes)
+
+
+def _mask_index(files: Sequence[Path]) -> dict[str, list[Path]]:
+    """``"<folder>/<image stem>"`` -> its mask files (``<stem>_mask``, ``<stem>_mask_1``, ...)."""
+    out: dict[str, list[Path]] = {}
+    for m in files:
+        hit = _MASK_RE.match(m.stem)
+        if hit:
+            out.setdefault(str(m.parent / hit.group("stem")), []).append(m)
+    return out
+
+
+def class_folder_items(
+    root: str | Path,
+    dataset: str | None = None,
+    organ: str = "",
+    classes: Sequence[str] | None = None,
+    with_masks: bool = False,
+) -> list[dict[str, Any]]:
+    """Items of a ``<root>/<class>/**/*.png`` tree; mask files (``*_mask*``) are not items.
+
+    Args:
+        root: folder with one sub-folder per class.
+        dataset: dataset name (default: the folder name).
+        organ: organ of every item.
+        classes: class folder names in label order (default: sorted folder names).
+        with_masks: attach each image's ``<stem>_mask*`` files from its folder (BUSI layout).
+
+    Returns:
+        One item per image; ``label`` = index in ``classes``.
+    """
+    root = Path(root)
+    dataset = dataset or root.name
+    items = []
+    for label, name in enumerate(_class_dirs(root, classes)):
+        files = _files(root / name, IMAGE_EXTS)
+        masks = _mask_index(files) if with_masks else {}
+        for p in files:
+            if _MASK_RE.match(p.stem):
+                continue
+            vid = f"{dataset}:{p.relative_to(root).with_suffix('').as_posix()}"
+            mp = masks.get(str(p.with_suffix("")), [])
+            items.append(make_item(p, dataset=dataset, label=label, label_name=name, organ=organ,
+                                   video_id=vid, mask_paths=mp))  # fmt: skip
+    return items
+
+
+def paired_items(
+    root: str | Path,
+    dataset: str | None = None,
+    organ: str = "",
+    classes: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Image + mask pairs: ``images/`` + ``masks/`` folders, or BUSI-style class folders.
+
+    BUSI: ``<class>/<class> (n).png`` with ``<class> (n)_mask.png`` and optional extra
+    ``_mask_1``, ``_mask_2`` files; all masks of an image are merged by logical OR at load time.
+    ``images/`` + ``masks/``: a mask matches an image by stem, optionally with a ``_mask`` /
+    ``_Mask`` suffix. Images without a mask file are kept with ``mask_paths=[]``.
+
+    Returns:
+        One item per image (labels from class folders; ``UNLABELLED`` for ``images/``).
+    """
+    root = Path(root)
+    dataset = dataset or root.name
+    if not ((root / "images").is_dir() and (root / "masks").is_dir()):
+        return class_folder_items(root, dataset, organ, classes, with_masks=True)
+    masks: dict[str, list[Path]] = {}
+    for m in _files(root / "masks", IMAGE_EXTS):
+        hit = _MASK_RE.match(m.stem)
+        masks.setdefault(hit.group("stem") if hit else m.stem, []).append(m)
+    return [
+        make_item(
+            p,
+            dataset=dataset,
+            organ=organ,
+            mask_paths=masks.get(p.stem, []),
+            video_id=f"{dataset}:{p.stem}",
+        )  # fmt: skip
+        for p in _files(root / "images", IMAGE_EXTS)
+    ]
+
+
+def media_file_items(
+    root: str | Path, dataset: str | None = None, organ: str = "", kinds: Sequence[str] = ("video",)
+) -> list[dict[str, Any]]:
+    """One item per clip or DICOM file found under ``root`` (recursive).
+
+    Args:
+        kinds: ``"video"`` and/or ``"dicom"``.
+
+    Returns:
+        Items with ``frame_idx = -1`` (frame 0 is shown when loaded as a record) and
+        ``video_id`` = the relative path.
+    """
+    root = Path(root)
+    dataset = dataset or root.name
+    exts = (VIDEO_EXTS if "video" in kinds else frozenset()) | (
+        DICOM_EXTS if "dicom" in kinds else frozenset()
+    )
+    return [
+        make_item(
+            p, dataset=dataset, organ=organ, video_id=f"{dataset}:{p.relative_to(root).as_posix()}"
+        )
+        for p in _files(root, exts)
+    ]
