@@ -383,21 +383,34 @@ def test_cached_feature_maps_train_the_same_decoder_as_end_to_end():
     assert out[True].dice == pytest.approx(out[False].dice, abs=1e-6)
 
 
-def test_cumulative_batchnorm_in_trainable_modes():
+def test_epoch_batchnorm_statistics_in_trainable_modes():
     bn = lambda m: m.backbone.stem[1]  # noqa: E731
     assert bn(ClassifierMethod(ToyEncoder(), 3, "partial")).momentum is None
     assert bn(ClassifierMethod(ToyEncoder(), 3, "full")).momentum is None
     assert bn(ClassifierMethod(ToyEncoder(), 3, "linear")).momentum == 0.1  # eval mode anyway
-    assert bn(ClassifierMethod(ToyEncoder(), 3, "partial", cumulative_bn=False)).momentum == 0.1
-    # cumulative average: after one pass the running mean is the mean of the batch means
+    assert bn(ClassifierMethod(ToyEncoder(), 3, "partial", bn_stats="ema")).momentum == 0.1
+    with pytest.raises(ValueError, match="bn_stats"):
+        ClassifierMethod(ToyEncoder(), 3, bn_stats="cumulative")
+    # within an epoch the running mean is the mean of the batch means; a new epoch starts afresh
     m = ClassifierMethod(ToyEncoder(), 3, "partial")
-    xs = [torch.rand(4, 1, 16, 16) + k for k in range(3)]
-    means = []
-    for x in xs:
+    batch = lambda x: {"image": x, "label": torch.zeros(len(x), dtype=torch.long)}  # noqa: E731
+
+    def epoch(offsets):
+        means = []
         m.train()
-        m.logits(x)
-        means.append(m.backbone.stem[0](x).mean((0, 2, 3)))
-    torch.testing.assert_close(bn(m).running_mean, torch.stack(means).mean(0), atol=1e-5, rtol=0)
+        for k in offsets:
+            x = torch.rand(4, 1, 16, 16) + k
+            m.training_step(batch(x))
+            means.append(m.backbone.stem[0](x).mean((0, 2, 3)))
+        m.new_epoch()
+        return torch.stack(means).mean(0)
+
+    bn(m).running_mean.fill_(100.0)  # stale statistics (e.g. from pretraining) are dropped
+    first = epoch([0, 1, 2])
+    torch.testing.assert_close(bn(m).running_mean, first, atol=1e-5, rtol=0)
+    second = epoch([5, 6])
+    torch.testing.assert_close(bn(m).running_mean, second, atol=1e-5, rtol=0)
+    assert "restart_bn" in m.state_dict()  # saved with checkpoints: exact resume
 
 
 def test_run_benchmark_end_to_end_tiny(tmp_path):

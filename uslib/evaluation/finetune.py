@@ -32,6 +32,7 @@ from uslib.evaluation.stats import grouped_holdout
 from uslib.methods.base import Method
 
 FINETUNE_MODES: tuple[str, ...] = ("linear", "partial", "full")
+BN_STATS: tuple[str, ...] = ("epoch", "ema")
 
 USCL_PARTIAL_OPTIM = OptimConfig(
     optimizer="adam",
@@ -69,18 +70,21 @@ class ClassifierMethod(Method):
       released script;
     * ``"full"``: every parameter trains (TinyUSFM §2.4).
 
-    BatchNorm layers that stay in train mode (``"partial"``, ``"full"``) use a cumulative
-    average of batch statistics (``momentum=None``) with ``cumulative_bn``: USCL's EMA (momentum
-    0.1) converges over its 100 epochs, but on short schedules a randomly initialised encoder's
-    running statistics lag far behind (its eval-mode outputs collapse to one class); the cumulative
-    average is exact after one epoch and, being weighted by ``num_batches_tracked``, barely moves a
-    pretrained encoder's statistics.
+    BatchNorm statistics (``bn_stats``) of layers in train mode (``"partial"``, ``"full"``):
+
+    * ``"epoch"`` (default): the running statistics are the exact average over the current
+      epoch's training batches (``momentum=None``, reset at the first step of each epoch, see
+      ``new_epoch``). USCL's EMA (momentum 0.1) converges over its 100 epochs, but on short
+      schedules a randomly initialised encoder's running statistics lag far behind (eval-mode
+      outputs collapse to one class); an average over the whole run instead mixes the
+      statistics of weights long gone (from-scratch training then collapses mid-run).
+    * ``"ema"``: PyTorch's default exponential average (momentum 0.1), as in USCL's script.
 
     Args:
         encoder: backbone (``forward(x) -> (B, num_features)``); modified in place (freezing).
         num_classes: C.
         mode: one of ``FINETUNE_MODES``.
-        cumulative_bn: use ``momentum=None`` on the encoder's BatchNorm layers (see above).
+        bn_stats: ``"epoch"`` or ``"ema"`` (see above).
     """
 
     def __init__(
@@ -88,17 +92,22 @@ class ClassifierMethod(Method):
         encoder: nn.Module,
         num_classes: int,
         mode: str = "partial",
-        cumulative_bn: bool = True,
+        bn_stats: str = "epoch",
     ) -> None:
         super().__init__()
         if mode not in FINETUNE_MODES:
             raise ValueError(f"mode must be one of {FINETUNE_MODES}, got {mode!r}")
+        if bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
         self.backbone, self.mode = encoder, mode
         self.head = nn.Linear(int(encoder.num_features), num_classes)
-        if cumulative_bn and mode != "linear":
-            for m in encoder.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.momentum = None
+        self._bn = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.epoch_bn = bn_stats == "epoch" and mode != "linear" and bool(self._bn)
+        # a buffer, so that a resumed run restarts the statistics exactly when the original did
+        self.register_buffer("restart_bn", torch.tensor(self.epoch_bn))
+        if self.epoch_bn:
+            for m in self._bn:
+                m.momentum = None
         if mode != "full":
             encoder.requires_grad_(False)
         if mode == "partial":
@@ -108,12 +117,20 @@ class ClassifierMethod(Method):
                 )
             encoder.last_block().requires_grad_(True)
 
+    def new_epoch(self) -> None:
+        """Mark the end of an epoch: the next training step restarts the BatchNorm averages."""
+        self.restart_bn.fill_(self.epoch_bn)
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, num_classes)."""
         return self.head(self.backbone(images))
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Cross-entropy on the labelled items of the batch (``label = -1`` ignored)."""
+        if bool(self.restart_bn):
+            for m in self._bn:
+                m.reset_running_stats()
+            self.restart_bn.fill_(False)
         loss = nn.functional.cross_entropy(
             self.logits(batch["image"]), batch["label"], ignore_index=UNLABELLED
         )
@@ -212,6 +229,7 @@ class _EpochScorer:
         self.y_test, pt = predict_proba(method, self.test_ds, self.bs)
         self.test_proba.append(pt)
         out["test_acc"] = float(np.mean(pt.argmax(1) == self.y_test))
+        method.new_epoch()  # scored with this epoch's BatchNorm averages; the next epoch restarts
         return out
 
 
