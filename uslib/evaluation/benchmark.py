@@ -67,7 +67,7 @@ class BenchmarkConfig(ConfigBase):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "cpu": {
             "cls_tasks": ("lung", "breast", "liver"), "seg_tasks": ("breast", "fetal_head"),
-            "img_size": 64, "n_per_class": 40, "n_per_class_seg": 60, "folds": 5,
+            "img_size": 64, "n_per_class": 100, "n_per_class_seg": 60, "folds": 5,
             "ft_folds": 2, "seg_folds": 2, "label_fractions": (0.01, 0.05, 0.1, 0.25, 1.0),
             "seg_label_fractions": (0.25, 1.0), "knn_k": 20, "bootstrap": 1000,
             # finetune lr 1e-3, not §B.8's 0.01: at 8 epochs 0.01 wipes out the pretrained last
