@@ -61,3 +61,10 @@ def test_encoder_round_trip(tmp_path, monkeypatch) -> None:
     assert torch.equal(loaded.weight, enc.weight)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         runs.load_encoder(tmp_path / "nowhere" / "encoder.yaml")
+
+
+def test_restarted_run_drops_the_previous_metrics(tmp_path) -> None:
+    first = runs.start("99_demo", None, out_dir=tmp_path / "r", verbose=False)
+    first.save_metrics({"old_key": 1.0, "acc": 0.5})
+    second = runs.start("99_demo", None, out_dir=tmp_path / "r", verbose=False)
+    assert second.save_metrics({"acc": 0.7}) == {"acc": 0.7, "profile": "smoke"}

@@ -191,6 +191,10 @@ def start(
 ) -> Run:
     """Create (or reuse) the run folder, write config and provenance, seed everything.
 
+    A reused folder starts with no ``metrics.json`` (``save_metrics`` merges within one run, and
+    keys of an earlier run must not survive into this one); checkpoints, tables and figures stay
+    until the run rewrites them (``fit`` may resume from the checkpoints).
+
     Args:
         name: run name, the notebook stem (``"02_uscl_sample_pairs"``).
         cfg: the resolved config, written to ``config.yaml``.
@@ -204,6 +208,7 @@ def start(
     if not folder.is_absolute():
         folder = repo_root() / folder
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").unlink(missing_ok=True)
     seed_everything(seed)
     prov = provenance(seed)
     (folder / "provenance.json").write_text(json.dumps(prov, indent=2))
