@@ -45,21 +45,21 @@ class KeepBest:
         self.key, self.on_improve, self.sign = key, on_improve, 1.0 if mode == "min" else -1.0
         self.best, self.best_epoch = math.inf, -1
 
-    def _better(self, value: float) -> bool:
-        return math.isnan(value) or self.sign * value < self.best
+    def _offer(self, value: float, epoch: int) -> bool:
+        """Record ``value`` of ``epoch`` if it is an improvement (NaN always is); say whether."""
+        if not (math.isnan(value) or self.sign * value < self.best):
+            return False
+        self.best = math.inf if math.isnan(value) else self.sign * value
+        self.best_epoch = epoch
+        return True
 
     def __call__(self, epoch: int, method: Method, row: dict[str, Any]) -> dict[str, float]:
         value = float(row.get(self.key, math.nan))
-        if self._better(value):
-            self.best = math.inf if math.isnan(value) else self.sign * value
-            self.best_epoch = epoch
+        if self._offer(value, epoch):
             self.on_improve(epoch, method, value)
         return {"best_epoch": float(self.best_epoch)}
 
     def restore(self, rows: Sequence[dict[str, Any]]) -> None:
         """Replay the epochs logged before an interruption (their weights are already saved)."""
         for row in rows:
-            value = float(row.get(self.key, math.nan))
-            if self._better(value):
-                self.best = math.inf if math.isnan(value) else self.sign * value
-                self.best_epoch = int(row["epoch"])
+            self._offer(float(row.get(self.key, math.nan)), int(row["epoch"]))
