@@ -197,3 +197,22 @@ def test_keep_best_state_survives_resume(tmp_path) -> None:
     run("b", stop=4)  # interrupted after epoch 1 (2 steps per epoch)
     res_saved, res = run("b")
     assert res_saved == [] and res.best_epoch == ref.best_epoch == 0 and res.best == ref.best
+
+
+def test_on_epoch_start_before_each_epoch_not_on_a_mid_epoch_resume(tmp_path) -> None:
+    class Recorder(ToyRegressor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.starts: list[int] = []
+
+        def on_epoch_start(self, epoch: int) -> None:
+            self.starts.append(epoch)
+
+    opt = OPT.replace(epochs=3, checkpoint_every=1)  # ToyImages(8), batch 4: 2 steps per epoch
+    whole = Recorder()
+    fit(whole, ToyImages(8), opt, progress=False)
+    assert whole.starts == [0, 1, 2]
+    first, second = Recorder(), Recorder()
+    fit(first, ToyImages(8), opt, run_dir=tmp_path, stop_at_step=3, progress=False)
+    fit(second, ToyImages(8), opt, run_dir=tmp_path, progress=False)  # resumes inside epoch 1
+    assert first.starts == [0, 1] and second.starts == [2]

@@ -398,11 +398,11 @@ def test_epoch_batchnorm_statistics_in_trainable_modes():
     def epoch(offsets):
         means = []
         m.train()
+        m.on_epoch_start(0)  # called by ``fit`` before each epoch's first step
         for k in offsets:
             x = torch.rand(4, 1, 16, 16) + k
             m.training_step(batch(x))
             means.append(m.backbone.stem[0](x).mean((0, 2, 3)))
-        m.new_epoch()
         return torch.stack(means).mean(0)
 
     bn(m).running_mean.fill_(100.0)  # stale statistics (e.g. from pretraining) are dropped
@@ -410,7 +410,29 @@ def test_epoch_batchnorm_statistics_in_trainable_modes():
     torch.testing.assert_close(bn(m).running_mean, first, atol=1e-5, rtol=0)
     second = epoch([5, 6])
     torch.testing.assert_close(bn(m).running_mean, second, atol=1e-5, rtol=0)
-    assert "restart_bn" in m.state_dict()  # saved with checkpoints: exact resume
+
+
+def test_epoch_batchnorm_statistics_resume_exactly(tmp_path):
+    """Interrupted mid-epoch and at an epoch boundary, a resumed run ends with the same weights
+    and BatchNorm statistics as an uninterrupted one."""
+    from uslib.config import OptimConfig
+    from uslib.engine import fit
+
+    opt = OptimConfig(optimizer="adam", lr=1e-2, epochs=3, batch_size=4, checkpoint_every=1)
+
+    def run(folder, stops=()):
+        for stop in (*stops, None):
+            torch.manual_seed(0)
+            m = ClassifierMethod(ToyEncoder(), 3, "full")
+            fit(m, toy_records(4), opt, run_dir=tmp_path / folder, stop_at_step=stop,
+                collate_fn=collate_records, progress=False)  # fmt: skip
+        return m.state_dict()
+
+    ref = run("ref")
+    for folder, stops in (("mid", (7,)), ("boundary", (6,))):  # 3 steps per epoch, 9 in all
+        got = run(folder, stops)
+        for k, v in ref.items():
+            torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=f"{folder}: {k}")
 
 
 def test_run_benchmark_end_to_end_tiny(tmp_path):

@@ -253,6 +253,8 @@ def fit(
         loader.set_epoch(epoch)
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
+        if skip == 0:
+            raw.on_epoch_start(epoch)
         batches = accel.skip_first_batches(loader, skip) if skip else loader
         micro = skip
         parts_acc: dict[str, float] = {}

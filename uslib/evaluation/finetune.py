@@ -73,11 +73,11 @@ class ClassifierMethod(Method):
     BatchNorm statistics (``bn_stats``) of layers in train mode (``"partial"``, ``"full"``):
 
     * ``"epoch"`` (default): the running statistics are the exact average over the current
-      epoch's training batches (``momentum=None``, reset at the first step of each epoch, see
-      ``new_epoch``). USCL's EMA (momentum 0.1) converges over its 100 epochs, but on short
-      schedules a randomly initialised encoder's running statistics lag far behind (eval-mode
-      outputs collapse to one class); an average over the whole run instead mixes the
-      statistics of weights long gone (from-scratch training then collapses mid-run).
+      epoch's training batches (``momentum=None``, reset by ``on_epoch_start``). USCL's EMA
+      (momentum 0.1) converges over its 100 epochs, but on short schedules a randomly initialised
+      encoder's running statistics lag far behind (eval-mode outputs collapse to one class); an
+      average over the whole run instead mixes the statistics of weights long gone (from-scratch
+      training then collapses mid-run).
     * ``"ema"``: PyTorch's default exponential average (momentum 0.1), as in USCL's script.
 
     Args:
@@ -102,9 +102,7 @@ class ClassifierMethod(Method):
         self.backbone, self.mode = encoder, mode
         self.head = nn.Linear(int(encoder.num_features), num_classes)
         self._bn = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self.epoch_bn = bn_stats == "epoch" and mode != "linear" and bool(self._bn)
-        # a buffer, so that a resumed run restarts the statistics exactly when the original did
-        self.register_buffer("restart_bn", torch.tensor(self.epoch_bn))
+        self.epoch_bn = bn_stats == "epoch" and mode != "linear"
         if self.epoch_bn:
             for m in self._bn:
                 m.momentum = None
@@ -117,9 +115,11 @@ class ClassifierMethod(Method):
                 )
             encoder.last_block().requires_grad_(True)
 
-    def new_epoch(self) -> None:
-        """Mark the end of an epoch: the next training step restarts the BatchNorm averages."""
-        self.restart_bn.fill_(self.epoch_bn)
+    def on_epoch_start(self, epoch: int) -> None:
+        """With ``bn_stats="epoch"``, restart the BatchNorm averages for the new epoch."""
+        if self.epoch_bn:
+            for m in self._bn:
+                m.reset_running_stats()
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, num_classes)."""
@@ -127,10 +127,6 @@ class ClassifierMethod(Method):
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Cross-entropy on the labelled items of the batch (``label = -1`` ignored)."""
-        if bool(self.restart_bn):
-            for m in self._bn:
-                m.reset_running_stats()
-            self.restart_bn.fill_(False)
         loss = nn.functional.cross_entropy(
             self.logits(batch["image"]), batch["label"], ignore_index=UNLABELLED
         )
@@ -229,7 +225,6 @@ class _EpochScorer:
         self.y_test, pt = predict_proba(method, self.test_ds, self.bs)
         self.test_proba.append(pt)
         out["test_acc"] = float(np.mean(pt.argmax(1) == self.y_test))
-        method.new_epoch()  # scored with this epoch's BatchNorm averages; the next epoch restarts
         return out
 
 

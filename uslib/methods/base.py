@@ -31,6 +31,10 @@ class Method(nn.Module):
     def on_step_end(self, step: int, max_steps: int) -> None:
         """Called after each optimizer step (EMA teachers, momentum/temperature schedules)."""
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of each epoch; not when a resume lands mid-epoch (the
+        checkpoint then holds the state of the epoch already begun)."""
+
     @property
     def encoder(self) -> nn.Module:
         """The backbone that downstream evaluation uses."""
