@@ -28,7 +28,6 @@ import fnmatch
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from recording import machine_info, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from uslib.models import create_backbone, list_backbones
@@ -59,17 +59,6 @@ def matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
-
-
-def _machine_info(threads: int) -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": threads,
-        "loadavg_1min": os.getloadavg()[0],
-    }
 
 
 def _build(name: str, img: int, scan_impl: str | None) -> torch.nn.Module:
@@ -243,15 +232,12 @@ def main() -> None:
     result = {"benchmark": "backbones", "quick": a.quick, "matmul_peak_flops": peak,
               "memory_measure": "peak RSS (VmHWM, reset) minus RSS before the first fwd+bwd",
               "flop_counter": "torch.utils.flop_counter.FlopCounterMode (mm/conv only)",
-              "machine": _machine_info(a.threads), "worker_env": MALLOC_ENV,
+              "machine": machine_info(a.threads), "worker_env": MALLOC_ENV,
               "skipped_paper_size": skipped,
               "summary": summary, "rows": rows}  # fmt: skip
     print("\n" + _table(rows, peak) + "\n", json.dumps(summary, indent=2))
     out = a.out or (None if a.quick else OUT)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,12 @@ Writes benchmarks/results/selective_scan.json (``--quick`` only prints unless ``
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from recording import machine_info, write_result
 
 from uslib.ops.selective_scan import selective_scan_fast, selective_scan_ref
 
@@ -71,21 +69,6 @@ def _rel_err(ts: list[torch.Tensor]) -> tuple[float, float]:
     return rel(outs[1].detach(), outs[0].detach()), g_err
 
 
-def machine_info(threads: int) -> dict:
-    """Host, torch version, threads and load, recorded with every benchmark result."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": threads,
-        "loadavg_1min": os.getloadavg()[0],
-        "malloc_env": {
-            k: os.environ.get(k) for k in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-        },
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1/8 of the channels, one repeat")
@@ -118,10 +101,7 @@ def main() -> None:
     result = {"benchmark": "selective_scan", "dtype": "float32", "quick": a.quick,
               "repeats": repeats, "machine": machine_info(a.threads), "cases": rows}  # fmt: skip
     out = a.out or (None if a.quick else OUT)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":
