@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from uslib.config import EvalConfig, OptimConfig
 from uslib.engine.callbacks import KeepBest
 from uslib.evaluation.feature_maps import DecoderOnMaps, cache_feature_maps, predict_cached
+from uslib.evaluation.finetune import TINYUSFM_FULL_OPTIM
 from uslib.evaluation.records import (
     RecordTransform,
     TransformedDataset,
@@ -47,19 +48,9 @@ OPENUS_SEG_OPTIM = OptimConfig(
 """OpenUS's frozen-encoder segmentation recipe (notes §1.5): Adam lr 1e-3, cosine over 100
 epochs, batch 16, cross-entropy."""
 
-TINYUSFM_SEG_OPTIM = OptimConfig(
-    optimizer="adamw",
-    lr=1e-4,
-    weight_decay=0.0,
-    min_lr=1e-6,
-    warmup_epochs=5.0,
-    schedule="cosine",
-    epochs=1000,
-    batch_size=8,
-    drop_last=False,
-)
-"""TinyUSFM's full fine-tuning segmentation recipe (notes §2.4): AdamW lr 1e-4 wd 0, batch 8,
-1000 epochs, 5 warmup epochs (poly decay there; cosine here)."""
+TINYUSFM_SEG_OPTIM = TINYUSFM_FULL_OPTIM.replace(epochs=1000)
+"""TinyUSFM's full fine-tuning segmentation recipe (notes §2.4): the classification recipe
+(AdamW lr 1e-4 wd 0, batch 8, 5 warmup epochs; poly decay there, cosine here) over 1000 epochs."""
 
 
 class SegmentationMethod(Method):
