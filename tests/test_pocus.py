@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 
 from uslib.data.transforms import USCL_MEAN, USCL_STD
-from uslib.evaluation.pocus import pocus_protocol, protocol_folds, summarize_protocol
+from uslib.evaluation.pocus import (
+    NormalisedRecords,
+    RecordAugment,
+    pocus_protocol,
+    protocol_folds,
+    summarize_protocol,
+)
 from uslib.methods.uscl import USCLConfig
 from uslib.models import create_backbone
 
@@ -51,3 +59,26 @@ def test_protocol_rows_both_rules_and_encoder_untouched() -> None:
     assert np.isclose(
         test_row["pooled"], 100 * rows.query("select == 'test'")["n_correct"].sum() / 18
     )
+
+
+# moved from test_uscl.py (protocol pieces live in uslib.evaluation.pocus)
+def test_summarize_protocol_mean_std_pooled() -> None:
+    df = pd.DataFrame(
+        {"init": ["a"] * 2, "fold": [0, 1], "select": ["val"] * 2, "accuracy": [0.5, 1.0],
+         "n_test": [10, 30], "n_correct": [5, 30]}
+    )  # fmt: skip
+    row = summarize_protocol(df).iloc[0]
+    assert row["folds"] == 2 and row["mean"] == pytest.approx(75.0)
+    assert row["std"] == pytest.approx(np.std([50, 100], ddof=1))
+    assert row["pooled"] == pytest.approx(100 * 35 / 40)
+
+
+def test_normalised_records_and_augment() -> None:
+    recs = [{"image": torch.full((1, 8, 8), 0.75), "label": 1, "patient_id": "p", "meta": {}}]
+    ds = NormalisedRecords(recs)
+    torch.testing.assert_close(ds[0]["image"], torch.full((1, 8, 8), 1.0))  # (0.75 - .5) / .25
+    assert "meta" not in ds[0] and ds.index_frame().to_dict("records") == [
+        {"label": 1, "group": "p"}
+    ]
+    out = RecordAugment(8)(ds[0])
+    assert out["image"].shape == (1, 8, 8) and out["label"] == 1
