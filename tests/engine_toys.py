@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -27,8 +29,11 @@ class ToyImages(Dataset):
 class ToyRegressor(Method):
     """A small MLP (no batch norm, so 1- and 2-process runs agree) with an MSE loss."""
 
-    def __init__(self, seed: int = 0, nan_at_call: int | None = None, noise: float = 0.01) -> None:
+    def __init__(
+        self, seed: int = 0, nan_at_call: int | None = None, noise: float = 0.01, cfg: Any = None
+    ) -> None:
         super().__init__()
+        self.cfg = cfg  # a MethodConfig naming the backbone, when the driver saves the encoder
         torch.manual_seed(seed)
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 1))
         self.nan_at_call = nan_at_call

@@ -54,11 +54,16 @@ def test_encoder_round_trip(tmp_path, monkeypatch) -> None:
         BACKBONES.register(name)(lambda width=3: torch.nn.Linear(width, 2))
     run = runs.start("02_x", None, profile="cpu", verbose=False)
     enc = torch.nn.Linear(4, 2)
-    run.save_encoder(enc, name, {"width": 4}, method="demo")
+    run.save_encoder(enc, {"backbone": name, "kwargs": {"width": 4}, "method": "demo"})
     [spec_path] = runs.find_encoders("cpu")
     loaded, spec = runs.load_encoder(spec_path)
     assert spec["method"] == "demo" and spec["backbone"] == name
     assert torch.equal(loaded.weight, enc.weight)
+    for f in ("encoder.yaml", "encoder.safetensors"):  # same mode as every other output
+        assert (spec_path.parent / f).stat().st_mode & 0o777 == 0o644
+    assert not list(spec_path.parent.glob("*.tmp"))
+    with pytest.raises(ValueError, match="backbone"):
+        run.save_encoder(enc, {"kwargs": {}})
     with pytest.raises(FileNotFoundError, match="nowhere"):
         runs.load_encoder(tmp_path / "nowhere" / "encoder.yaml")
 

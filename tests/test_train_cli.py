@@ -10,7 +10,7 @@ from engine_toys import ToyImages, ToyRegressor
 
 from uslib import runs
 from uslib.config import MethodConfig
-from uslib.methods import METHODS, MethodSpec
+from uslib.methods import METHODS, MethodSpec, TrainData
 from uslib.models import BACKBONES
 from uslib.train import main, parse_overrides
 
@@ -32,8 +32,8 @@ if "_toy" not in METHODS:
         lambda: MethodSpec(
             "_toy",
             ToyConfig,
-            lambda cfg: ToyRegressor(seed=cfg.seed),
-            lambda cfg, root: (ToyImages(8), ToyImages(4, seed=1)),
+            lambda cfg: ToyRegressor(seed=cfg.seed, cfg=cfg),
+            lambda cfg, method: TrainData(ToyImages(8), ToyImages(4, seed=1), provenance=("toy",)),
         )
     )
 
@@ -56,3 +56,4 @@ def test_cli_trains_and_saves_encoder(tmp_path, monkeypatch) -> None:
     assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 3 * 2
     enc, spec = runs.load_encoder(run_dir / "checkpoints" / "encoder.yaml")
     assert spec["method"] == "_toy" and isinstance(enc, torch.nn.Sequential)
+    assert spec["pretrain_data"] == ["toy"] and spec["epoch"] == 2  # no selection: last epoch

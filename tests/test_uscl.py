@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from uslib.config import ConfigError
+from uslib.data.sources import pocus_root
 from uslib.data.video import SamplePairDataset
-from uslib.evaluation.pocus import NormalisedRecords, RecordAugment, pocus_root, summarize_protocol
-from uslib.methods import get_method
-from uslib.methods.uscl import (
-    USCL,
-    USCLConfig,
-    build,
-    encoder_saver,
-    pretrain,
-    train_data,
-)
+from uslib.methods import TrainData, get_method
+from uslib.methods.uscl import USCL, USCLConfig, build, train_data
+from uslib.pretraining import pretrain
 
 
 class TinyVideos:
@@ -126,24 +118,6 @@ def test_validation_step_uses_unmixed_pair() -> None:
     torch.testing.assert_close(method.validation_step(batch)["nt_xent"], val["nt_xent"])
 
 
-class FakeRun:
-    def __init__(self) -> None:
-        self.saved: list[dict[str, Any]] = []
-
-    def save_encoder(self, encoder: Any, backbone: str, kwargs: Any, **info: Any) -> None:
-        self.saved.append({"backbone": backbone, **info})
-
-
-def test_encoder_saver_records_epoch_and_validation_value() -> None:
-    cfg = USCLConfig.preset("smoke")
-    run = FakeRun()
-    save = encoder_saver(run, cfg)
-    save(3, build(cfg), 1.25)
-    save(4, build(cfg), math.nan)  # no validation videos: no value recorded
-    assert run.saved[0]["epoch"] == 3 and run.saved[0]["val_nt_xent"] == 1.25
-    assert run.saved[0]["backbone"] == cfg.backbone and "val_nt_xent" not in run.saved[1]
-
-
 def test_pretrain_keeps_the_encoder_of_the_best_validation_epoch(tmp_path) -> None:
     from uslib import runs
 
@@ -151,7 +125,8 @@ def test_pretrain_keeps_the_encoder_of_the_best_validation_epoch(tmp_path) -> No
     run = runs.start("t", cfg, out_dir=tmp_path, verbose=False)
     train = SamplePairDataset(TinyVideos(8), img_size=16, seed=0)
     val = SamplePairDataset(TinyVideos(4), img_size=16, seed=1)
-    method, hist = pretrain(cfg, run, data=(train, val))
+    res = pretrain("uscl", cfg, run, data=TrainData(train, val, provenance=("synthetic:lung",)))
+    method, hist = res.method, res.history
     epochs = hist.to_frame("epochs")
     best = hist.best_epoch("val_nt_xent")
     assert epochs["val_nt_xent"].notna().all() and len(epochs) == 3
@@ -160,30 +135,10 @@ def test_pretrain_keeps_the_encoder_of_the_best_validation_epoch(tmp_path) -> No
     assert info["epoch"] == best["epoch"] and info["val_nt_xent"] == pytest.approx(
         best["val_nt_xent"]
     )
+    assert info["input_norm"] == [0.5, 0.25] and info["pretrain_data"] == ["synthetic:lung"]
+    assert info["select_on"] == "val_nt_xent" and res.selected_epoch == best["epoch"]
     for k, v in saved.state_dict().items():  # the best encoder is loaded back into the method
         assert torch.equal(v, method.backbone.state_dict()[k]), k
-
-
-def test_summarize_protocol_mean_std_pooled() -> None:
-    df = pd.DataFrame(
-        {"init": ["a"] * 2, "fold": [0, 1], "select": ["val"] * 2, "accuracy": [0.5, 1.0],
-         "n_test": [10, 30], "n_correct": [5, 30]}
-    )  # fmt: skip
-    row = summarize_protocol(df).iloc[0]
-    assert row["folds"] == 2 and row["mean"] == pytest.approx(75.0)
-    assert row["std"] == pytest.approx(np.std([50, 100], ddof=1))
-    assert row["pooled"] == pytest.approx(100 * 35 / 40)
-
-
-def test_normalised_records_and_augment() -> None:
-    recs = [{"image": torch.full((1, 8, 8), 0.75), "label": 1, "patient_id": "p", "meta": {}}]
-    ds = NormalisedRecords(recs)
-    torch.testing.assert_close(ds[0]["image"], torch.full((1, 8, 8), 1.0))  # (0.75 - .5) / .25
-    assert "meta" not in ds[0] and ds.index_frame().to_dict("records") == [
-        {"label": 1, "group": "p"}
-    ]
-    out = RecordAugment(8)(ds[0])
-    assert out["image"].shape == (1, 8, 8) and out["label"] == 1
 
 
 def test_pocus_root(tmp_path: Path) -> None:
@@ -192,13 +147,15 @@ def test_pocus_root(tmp_path: Path) -> None:
     (tmp_path / "pocus_lung" / "samples.csv").write_text("x\n")
     assert pocus_root(tmp_path) == tmp_path / "pocus_lung"
     assert pocus_root(tmp_path / "pocus_lung") == tmp_path / "pocus_lung"
-    with pytest.warns(UserWarning, match="no POCUS layout"):
-        assert pocus_root(tmp_path / "elsewhere") is None
+    with pytest.raises(FileNotFoundError, match="elsewhere"):  # never a silent fallback
+        pocus_root(tmp_path / "elsewhere")
 
 
 def test_train_data_synthetic_split() -> None:
     cfg = USCLConfig.preset("smoke", **{"data.n_videos": 5, "data.frames_per_video": 3})
-    train, val = train_data(cfg)
+    data = train_data(cfg)
+    train, val = data.train, data.val
+    assert data.provenance == ("synthetic:lung",) and data.data_root is None
     assert len(train) == 4 and val is not None and len(val) == 1
     item = train[0]
     assert item["view1"].shape == (1, cfg.data.img_size, cfg.data.img_size)
@@ -206,8 +163,10 @@ def test_train_data_synthetic_split() -> None:
 
 
 def test_pocus_videos_are_unlabelled(shared_data: Path) -> None:
-    cfg = USCLConfig.preset("smoke")
-    train, val = train_data(cfg, shared_data / "pocus_lung")
+    cfg = USCLConfig.preset("smoke", **{"data.data_root": str(shared_data)})
+    data = train_data(cfg)
+    train, val = data.train, data.val
+    assert data.provenance == ("real:pocus",) and data.data_root.endswith("pocus_lung")
     assert len(train) + len(val) == 118  # clips without viral / uncertain
     item = train[0]
     assert item["label1"] == -1 and item["view1"].shape == (1, 32, 32)

@@ -187,6 +187,7 @@ class OptimConfig(ConfigBase):
     batch_size: int = 8
     accumulate_steps: int = 1
     grad_clip: float | None = None
+    grad_clip_mode: str = "global"  # global (one norm) | per_parameter (DINO/iBOT clip_gradients)
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
     num_workers: int = 0
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end

@@ -139,36 +139,33 @@ class Run:
             history.to_frame("epochs").to_csv(self.dir / "history_epochs.csv", index=False)
         return self.dir / "history.csv"
 
-    def save_encoder(
-        self,
-        encoder: torch.nn.Module,
-        backbone: str,
-        kwargs: dict[str, Any] | None = None,
-        **info: Any,
-    ) -> Path:
+    def save_encoder(self, encoder: torch.nn.Module, spec: dict[str, Any]) -> Path:
         """Save an encoder for evaluation: ``checkpoints/encoder.safetensors`` + ``encoder.yaml``.
+
+        Both files are written to temporary names and renamed (atomic), with mode 0644 like every
+        other output.
 
         Args:
             encoder: the backbone module.
-            backbone: its registry name (``create_backbone(backbone, **kwargs)`` rebuilds it).
-            kwargs: constructor kwargs.
-            **info: extra fields for the spec (method, epoch, pretraining data...).
+            spec: at least ``backbone`` (its registry name) and ``kwargs`` (constructor kwargs),
+                so ``create_backbone(spec["backbone"], **spec["kwargs"])`` rebuilds it; the
+                driver adds input normalisation, method, epoch and provenance
+                (``uslib.pretraining.encoder_record``).
         """
         from safetensors.torch import save_file
 
+        if "backbone" not in spec:
+            raise ValueError(f"encoder spec needs a 'backbone' key, got {sorted(spec)}")
         folder = self._sub("checkpoints")
         state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
         tmp = folder / (ENCODER_WEIGHTS + ".tmp")
         save_file(state, str(tmp))
-        os.replace(tmp, folder / ENCODER_WEIGHTS)
-        spec = {
-            "backbone": backbone,
-            "kwargs": kwargs or {},
-            "run": self.name,
-            "profile": self.profile,
-            **info,
-        }
-        (folder / ENCODER_SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
+        text = yaml.safe_dump({**spec, "kwargs": dict(spec.get("kwargs") or {})}, sort_keys=False)
+        tmp_spec = folder / (ENCODER_SPEC + ".tmp")
+        tmp_spec.write_text(text)
+        for t, final in ((tmp, ENCODER_WEIGHTS), (tmp_spec, ENCODER_SPEC)):
+            os.chmod(t, 0o644)
+            os.replace(t, folder / final)
         return folder / ENCODER_WEIGHTS
 
     def finish(self) -> None:

@@ -1,4 +1,4 @@
-"""Command line: pretrain any registered method with ``engine.fit``.
+"""Command line: pretrain any registered method through the driver ``uslib.pretraining``.
 
     python -m uslib.train --method uscl --profile cpu [--data-root DIR] [key=value ...]
 
@@ -21,8 +21,8 @@ from accelerate import PartialState
 
 from uslib import runs
 from uslib.config import PROFILES
-from uslib.engine import fit
 from uslib.methods import get_method, list_methods
+from uslib.pretraining import pretrain
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Parse arguments, build the method and its data, train, save the encoder; returns run dir."""
+    """Parse arguments and run the pretraining driver (``uslib.pretraining``); returns run dir."""
     parser = argparse.ArgumentParser(
         prog="python -m uslib.train",
         description=__doc__,
@@ -63,37 +63,27 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument(
         "--run-dir", default=None, help="default papermill_runs/<profile>/train_<m>"
     )
+    parser.add_argument("--run-name", default=None, help="default train_<method>")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = parser.parse_args(argv)
 
     spec = get_method(args.method)
-    cfg = spec.config_cls.preset(args.profile, **parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.data_root is not None:
+        overrides["data.data_root"] = args.data_root
+    cfg = spec.config_cls.preset(args.profile, **overrides)
     state = PartialState()
     run = runs.start(
-        f"train_{args.method}",
+        args.run_name or f"train_{args.method}",
         cfg if state.is_main_process else None,
         profile=args.profile,
         out_dir=args.run_dir,
         seed=cfg.seed,
         verbose=state.is_main_process,
     )
-    method = spec.build(cfg)
-    train_ds, val_ds = spec.train_data(cfg, args.data_root)
-    history = fit(
-        method,
-        train_ds,
-        cfg.optim,
-        val_data=val_ds,
-        run_dir=run.dir,
-        resume=not args.no_resume,
-        seed=cfg.seed,
-    )
+    pretrain(args.method, cfg, run, resume=not args.no_resume, progress=state.is_main_process)
     if state.is_main_process:
-        run.save_history(history)
-        run.save_encoder(
-            method.encoder, cfg.backbone, getattr(method, "encoder_kwargs", {}), method=args.method
-        )
         run.finish()
     return run.dir
 

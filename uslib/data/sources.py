@@ -198,3 +198,24 @@ def pocus_videos(
     elif source != "raw":
         raise ValueError(f"pocus_videos: unknown source {source!r}; valid: 'frames', 'raw'")
     return ClipCollection(clips, img_size=img_size, max_frames=max_frames)
+
+
+def pocus_root(data_root: str | Path | None) -> Path | None:
+    """The POCUS layout (a folder with ``samples.csv``) at or directly under ``data_root``.
+
+    Returns:
+        ``None`` when ``data_root`` is ``None`` (the synthetic default), else the layout folder.
+
+    Raises:
+        FileNotFoundError: ``data_root`` is given but holds no POCUS layout (the path is named),
+            so a run pointed at the wrong folder never falls back to synthetic data silently.
+    """
+    if data_root is None:
+        return None
+    for cand in (Path(data_root), Path(data_root) / "pocus_lung"):
+        if (cand / "samples.csv").is_file():
+            return cand
+    raise FileNotFoundError(
+        f"data_root {data_root} holds no POCUS layout: expected samples.csv there or in "
+        f"{Path(data_root) / 'pocus_lung'}"
+    )

@@ -1,11 +1,14 @@
 """``fit``: the project's only training loop, on Hugging Face ``accelerate``.
 
 A method implements ``training_step(batch) -> {"loss": ..., **parts}`` (called through
-``Method.forward`` so DDP's hooks run) and may implement ``on_step_end(step, max_steps)``.
-The loop adds optimisation (no-decay groups, warmup + hold + cosine), gradient accumulation and
-clipping, bf16 autocast on GPU, progress bars, a CSV history, a NaN/inf guard, atomic checkpoints
-every N steps and exact resume (model, optimizer, scaler, RNG states of every rank, data position;
-the learning-rate schedule is a pure function of the step, so it needs no saved state).
+``Method.forward`` so DDP's hooks run); ``fit`` sets its ``progress`` (step, total steps, epoch)
+before every forward and calls ``on_step_end()`` after every optimizer step (EMA teachers). The
+loop adds optimisation (the method's parameter groups, warmup + hold + cosine, layer-wise
+``lr_scale``, frozen-group epochs), gradient accumulation and clipping (global or per
+parameter), bf16 autocast on GPU, progress bars, a CSV history, a NaN/inf guard, atomic
+checkpoints every N steps and exact resume (model with its EMA teachers and buffers, optimizer,
+scaler, RNG states of every rank, data position; the learning-rate, weight-decay and method
+schedules are pure functions of the step, so they need no saved state).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from tqdm.auto import tqdm
 from uslib.config import OptimConfig
 from uslib.engine.callbacks import EpochCallback
 from uslib.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from uslib.engine.optim import build_optimizer
-from uslib.engine.schedules import warmup_cosine
-from uslib.methods.base import Method
+from uslib.engine.optim import build_optimizer, clip_per_parameter, drop_frozen_grads
+from uslib.methods.base import Method, Progress
+from uslib.ops.schedules import warmup_cosine
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -97,7 +100,7 @@ def _set_lr(
             final=cfg.weight_decay_end,
         )
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * float(g.get("lr_scale", 1.0))
         if g.get("apply_decay"):
             g["weight_decay"] = wd
     return lr
@@ -151,6 +154,8 @@ def fit(
     seed: int = 0,
     callbacks: Sequence[EpochCallback] = (),
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    batch_sampler: Any = None,
+    val_batch_sampler: Any = None,
     progress: bool = True,
     stop_at_step: int | None = None,
     accelerator: Accelerator | None = None,
@@ -170,6 +175,9 @@ def fit(
             (eval mode, no grad) with the epoch's row so far; returned floats join the row. See
             ``uslib.engine.callbacks`` (``KeepBest``; ``restore`` after a resume).
         collate_fn: DataLoader collate function.
+        batch_sampler: yields index lists (replaces shuffled ``optim.batch_size`` batches, e.g.
+            one token-grid shape per batch); its ``set_epoch(epoch)`` is called every epoch.
+        val_batch_sampler: the same for ``val_data``.
         progress: show a ``tqdm.auto`` bar with loss and images/s.
         stop_at_step: stop (after checkpointing) once this optimizer step is reached, as an
             interruption would; the schedule still spans the full run.
@@ -189,22 +197,15 @@ def fit(
     )
     run_path = Path(run_dir) if run_dir is not None else None
     ckpt_root = run_path / "checkpoints" if run_path is not None else None
-    loader = DataLoader(
-        train_data,
-        batch_size=optim.batch_size,
-        shuffle=True,
-        drop_last=optim.drop_last,
-        collate_fn=collate_fn,
-        num_workers=optim.num_workers,
-        # own generator: creating an iterator must not draw from the global RNG, or a resumed
-        # run (which creates one more iterator) would drift from the uninterrupted one
-        generator=torch.Generator().manual_seed(seed),
-    )
-    val_loader = (
-        DataLoader(val_data, batch_size=optim.batch_size, shuffle=False, collate_fn=collate_fn)
-        if val_data is not None
-        else None
-    )
+    loader = _train_loader(train_data, optim, seed, collate_fn, batch_sampler)
+    val_loader = None
+    if val_data is not None:
+        val_kw: dict[str, Any] = (
+            {"batch_sampler": val_batch_sampler}
+            if val_batch_sampler is not None
+            else {"batch_size": optim.batch_size, "shuffle": False}
+        )
+        val_loader = DataLoader(val_data, collate_fn=collate_fn, **val_kw)
     optimizer = build_optimizer(method, optim)
     model, optimizer, loader = accel.prepare(method, optimizer, loader)
     raw: Method = accel.unwrap_model(model)
@@ -224,6 +225,7 @@ def fit(
         state = load_checkpoint(accel, last)
         step, history = state["step"], History(state["steps"], state["epochs"])
         accel.print(f"resumed from {last} at step {step}/{total}")
+        raw.set_progress(Progress(step, total, step // steps_per_epoch, steps_per_epoch))
         for cb in callbacks:
             if callable(getattr(cb, "restore", None)):
                 cb.restore(history.epochs)
@@ -251,8 +253,9 @@ def fit(
     while step < total and (stop_at_step is None or step < stop_at_step):
         epoch, skip = divmod(step * acc, steps_per_epoch * acc)
         loader.set_epoch(epoch)
-        if hasattr(train_data, "set_epoch"):
-            train_data.set_epoch(epoch)
+        for obj in (train_data, batch_sampler):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
         if skip == 0:
             raw.on_epoch_start(epoch)
         batches = accel.skip_first_batches(loader, skip) if skip else loader
@@ -263,6 +266,7 @@ def fit(
                 break  # drop the remainder micro-batches that do not fill an optimizer step
             micro += 1
             lr = _set_lr(optimizer, optim, step, total, steps_per_epoch)
+            raw.set_progress(Progress(step, total, epoch, steps_per_epoch))
             last_micro = micro % acc == 0
             with accel.no_sync(model) if not last_micro else _null():
                 with accel.autocast():
@@ -279,12 +283,12 @@ def fit(
             seen += _batch_size(batch) * accel.num_processes
             if not last_micro:
                 continue
-            if optim.grad_clip is not None:
-                accel.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            drop_frozen_grads(optimizer, epoch)
+            _clip(accel, model, optim)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            raw.on_step_end()  # progress still names the step just taken
             step += 1
-            raw.on_step_end(step, total)
             if step % optim.log_every == 0 or step == total:
                 ips = seen / max(1e-9, time.perf_counter() - t0)
                 history.steps.append(
@@ -294,6 +298,7 @@ def fit(
             parts_acc = {}
             bar.update(1)
             if micro == steps_per_epoch * acc:  # epoch finished: validate before checkpointing
+                raw.set_progress(Progress(step, total, epoch, steps_per_epoch))
                 history.epochs.append(_epoch_end(epoch, step, raw, val_loader, callbacks, accel))
             if optim.checkpoint_every and step % optim.checkpoint_every == 0:
                 checkpoint()
@@ -305,6 +310,45 @@ def fit(
     elif accel.is_main_process:
         _write_history(run_path, history)
     return history
+
+
+def _train_loader(
+    data: Dataset,
+    optim: OptimConfig,
+    seed: int,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    batch_sampler: Any,
+) -> DataLoader:
+    """Shuffled fixed-size batches, or the method's own ``batch_sampler``."""
+    kw: dict[str, Any] = (
+        {"batch_sampler": batch_sampler}
+        if batch_sampler is not None
+        else {"batch_size": optim.batch_size, "shuffle": True, "drop_last": optim.drop_last}
+    )
+    # own generator: creating an iterator must not draw from the global RNG, or a resumed run
+    # (which creates one more iterator) would drift from the uninterrupted one
+    return DataLoader(
+        data,
+        collate_fn=collate_fn,
+        num_workers=optim.num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )
+
+
+def _clip(accel: Accelerator, model: torch.nn.Module, optim: OptimConfig) -> None:
+    """Gradient clipping: one global norm (default) or each parameter's own (DINO/iBOT)."""
+    if optim.grad_clip is None:
+        return
+    if optim.grad_clip_mode == "per_parameter":
+        accel.unscale_gradients()
+        clip_per_parameter(list(model.parameters()), optim.grad_clip)
+    elif optim.grad_clip_mode == "global":
+        accel.clip_grad_norm_(model.parameters(), optim.grad_clip)
+    else:
+        raise ValueError(
+            f"grad_clip_mode must be 'global' or 'per_parameter', got {optim.grad_clip_mode!r}"
+        )
 
 
 def _epoch_end(

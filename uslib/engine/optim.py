@@ -1,55 +1,30 @@
-"""Optimizer construction with no-decay parameter groups (MAE / timm convention)."""
+"""Optimizer construction from a method's parameter groups, and the per-step group rules.
+
+Groups come from ``Method.param_groups(weight_decay)`` (default: no decay on norms and biases,
+``uslib.models.params``); any other module gets the default split. Per step the engine sets
+``lr = scheduled_lr * group["lr_scale"]`` (layer-wise decay), applies the weight-decay schedule to
+groups with ``apply_decay`` and drops the gradients of groups with ``freeze_epochs > epoch``
+(DINO/iBOT's frozen last layer in the first epoch).
+"""
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from uslib.config import OptimConfig
-
-_NO_DECAY_NAMES = ("bias", "pos_embed", "cls_token", "mask_token", "relative_position_bias_table")
-
-
-def param_groups(
-    model: nn.Module, weight_decay: float, extra_no_decay: Iterable[str] = ()
-) -> list[dict]:
-    """Split trainable parameters into a decayed and a non-decayed group.
-
-    Biases, norm weights (any parameter with ``ndim <= 1``), position embeddings and class/mask
-    tokens get no weight decay, as in MAE's ``param_groups_weight_decay``.
-
-    Args:
-        model: module whose trainable parameters are grouped.
-        weight_decay: decay of the decayed group.
-        extra_no_decay: further name fragments to exclude from decay.
-
-    Returns:
-        Two optimizer parameter groups (``"apply_decay"`` marks the decayed one).
-    """
-    skip = tuple(_NO_DECAY_NAMES) + tuple(extra_no_decay)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or any(s in name for s in skip):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "apply_decay": True},
-        {"params": no_decay, "weight_decay": 0.0, "apply_decay": False},
-    ]
+from uslib.models.params import weight_decay_groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW (default), Adam (USCL B.7: coupled L2 decay) or SGD over ``param_groups``.
+    """AdamW (default), Adam (USCL B.7: coupled L2 decay) or SGD over the model's groups.
 
     Raises:
         ValueError: unknown optimizer name, or a model with no trainable parameter.
     """
-    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
+    make = getattr(model, "param_groups", None)
+    raw = make(cfg.weight_decay) if callable(make) else weight_decay_groups(model, cfg.weight_decay)
+    groups = [g for g in raw if g["params"]]
     if not groups:
         raise ValueError("the model has no trainable parameter")
     for g in groups:
@@ -62,3 +37,26 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: 'adamw', 'adam', 'sgd'")
+
+
+def drop_frozen_grads(optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    """Set ``grad = None`` for groups still frozen at ``epoch`` (the optimizer then skips them).
+
+    Ref: DINO/iBOT ``cancel_gradients_last_layer`` (last layer frozen in the first epoch).
+    """
+    for g in optimizer.param_groups:
+        if epoch < int(g.get("freeze_epochs", 0)):
+            for p in g["params"]:
+                p.grad = None
+
+
+def clip_per_parameter(parameters: list[nn.Parameter], max_norm: float) -> None:
+    """Clip each parameter's gradient to norm ``max_norm`` on its own (DINO ``clip_gradients``).
+
+    Ref: OpenUS notes §1.3 (per-parameter gradient clipping 3.0).
+    """
+    for p in parameters:
+        if p.grad is not None:
+            norm = p.grad.detach().norm(2)
+            scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+            p.grad.detach().mul_(scale)

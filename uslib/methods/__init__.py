@@ -1,8 +1,9 @@
 """Pretraining methods, one module per paper, registered by name in ``METHODS``.
 
-Each entry is a ``MethodSpec``: the config class (with ``PRESETS``), ``build(cfg) -> Method`` and
-``train_data(cfg, data_root) -> (train_dataset, val_dataset | None)`` so that
-``python -m uslib.train --method NAME`` can run any of them.
+Each entry is a ``MethodSpec``: the config class (with ``PRESETS``), ``build(cfg) -> Method``
+and ``train_data(cfg, method) -> TrainData`` (datasets, optional collate function or batch
+sampler, provenance), so that the one driver, ``uslib.pretraining.pretrain``, runs any of them
+from a notebook or from ``python -m uslib.train --method NAME``.
 """
 
 from __future__ import annotations
@@ -13,18 +14,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from uslib.config import MethodConfig
-from uslib.methods.base import Method
+from uslib.methods.base import Method, Progress, TrainData
 from uslib.registry import Registry
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What the registry stores for one method."""
+    """What the registry stores for one method.
+
+    Attributes:
+        name: registry name (``"uscl"``); recorded in ``encoder.yaml``.
+        config_cls: the method's ``MethodConfig`` subclass (``PRESETS`` per profile).
+        build: ``cfg -> Method`` (weights seeded from ``cfg.seed``).
+        train_data: ``(cfg, method) -> TrainData``; reads ``cfg.data`` (``data_root`` included)
+            and may use the built method (e.g. a teacher's embeddings for a coreset).
+    """
 
     name: str
     config_cls: type[MethodConfig]
     build: Callable[[Any], Method]
-    train_data: Callable[[Any, str | None], tuple[Any, Any]]
+    train_data: Callable[[Any, Method], TrainData]
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -32,18 +41,21 @@ METHODS: Registry[MethodSpec] = Registry("method")
 _METHOD_MODULES: tuple[str, ...] = ("uscl",)
 
 
-def get_method(name: str) -> MethodSpec:
-    """The ``MethodSpec`` registered as ``name``."""
+def _load_all() -> None:
     for mod in _METHOD_MODULES:
         importlib.import_module(f"uslib.methods.{mod}")
+
+
+def get_method(name: str) -> MethodSpec:
+    """The ``MethodSpec`` registered as ``name``."""
+    _load_all()
     return METHODS.create(name)
 
 
 def list_methods() -> list[str]:
     """Names of every registered method."""
-    for mod in _METHOD_MODULES:
-        importlib.import_module(f"uslib.methods.{mod}")
+    _load_all()
     return METHODS.list()
 
 
-__all__ = ["METHODS", "Method", "MethodSpec", "get_method", "list_methods"]
+__all__ = ["METHODS", "Method", "MethodSpec", "Progress", "TrainData", "get_method", "list_methods"]

@@ -10,23 +10,20 @@ encoder is then judged by partial fine-tuning on POCUS (5 patient-grouped folds,
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from uslib.config import DataConfig, EvalConfig, MethodConfig, OptimConfig
+from uslib.data.sources import pocus_root, pocus_videos
+from uslib.data.synthetic import SyntheticVideos
 from uslib.data.transforms import USCL_MEAN, USCL_STD
 from uslib.data.video import SamplePairDataset, VideoSubset, split_videos
-from uslib.engine.callbacks import KeepBest
 from uslib.losses import masked_cross_entropy, nt_xent
 from uslib.methods import METHODS, MethodSpec
-from uslib.methods.base import Method
+from uslib.methods.base import Method, TrainData
 from uslib.models import create_backbone
 from uslib.models.heads import ProjectionHead
 
@@ -114,8 +111,14 @@ class USCL(Method):
     Args:
         cfg: a ``USCLConfig``.
 
-    Ref: USCL §B.3 (model), §B.6 (objective), D-6 (classifier placement), D-9.
+    Model selection: the encoder of the epoch with the lowest validation NT-Xent on the
+    held-out videos is kept (§B.7); input normalisation ``(x - 0.5) / 0.25`` (§B.8).
+
+    Ref: USCL §B.3 (model), §B.6 (objective), §B.7 (selection), D-6, D-9.
     """
+
+    select_on: ClassVar[tuple[str, str] | None] = ("val_nt_xent", "min")
+    input_norm: ClassVar[tuple[float, float] | None] = (USCL_MEAN, USCL_STD)
 
     def __init__(self, cfg: USCLConfig) -> None:
         super().__init__()
@@ -180,28 +183,25 @@ def build(cfg: USCLConfig) -> USCL:
     return USCL(cfg)
 
 
-def train_data(
-    cfg: USCLConfig, data_root: str | Path | None = None
-) -> tuple[SamplePairDataset, SamplePairDataset | None]:
+def train_data(cfg: USCLConfig, method: USCL | None = None) -> TrainData:
     """SPG datasets of the pretraining videos and of the 20 % held-out videos (§B.7).
 
-    Videos: synthetic lung videos (``data_root=None``), or the POCUS clips of a POCUS layout,
-    used *unlabelled*: the downstream folds hold the same patients, so their labels must not
-    reach pretraining (USCL pretrains on US-4, §B.2, which is not public).
+    Videos: synthetic lung videos (``cfg.data.data_root=None``), or the POCUS clips of a POCUS
+    layout at ``cfg.data.data_root``, used *unlabelled*: the downstream folds hold the same
+    patients, so their labels must not reach pretraining (USCL pretrains on US-4, §B.2, which
+    is not public).
 
     Returns:
-        ``(train_ds, val_ds)``; ``val_ds`` is ``None`` when ``cfg.data.val_fraction == 0``.
+        ``TrainData`` with ``val=None`` when ``cfg.data.val_fraction == 0`` and provenance
+        ``("synthetic:<task>",)`` or ``("real:pocus",)``.
+
+    Raises:
+        FileNotFoundError: ``data_root`` is set but holds no POCUS layout.
     """
-    from uslib.evaluation.pocus import pocus_root
-
-    d, root = cfg.data, pocus_root(data_root)
+    d, root = cfg.data, pocus_root(cfg.data.data_root)
     if root is None:
-        from uslib.data.synthetic import SyntheticVideos
-
         coll: Any = SyntheticVideos(d.task, "train", d.n_videos, d.frames_per_video, d, d.seed)
     else:
-        from uslib.data.sources import pocus_videos
-
         coll = pocus_videos(root, img_size=d.img_size)
     tr, va = split_videos(len(coll), d.val_fraction, seed=d.seed)
     kw: dict[str, Any] = dict(
@@ -210,66 +210,10 @@ def train_data(
     )  # fmt: skip
     train = SamplePairDataset(VideoSubset(coll, tr), seed=cfg.seed, **kw)
     val = SamplePairDataset(VideoSubset(coll, va), seed=cfg.seed + 1, **kw) if va else None
-    return train, val
-
-
-def encoder_saver(run: Any, cfg: USCLConfig) -> Callable[[int, Method, float], None]:
-    """``KeepBest`` action: write the encoder to ``run.dir/checkpoints/encoder.*`` (notebook 07).
-
-    The spec records the epoch, the validation NT-Xent and the input normalisation.
-    """
-
-    def save(epoch: int, method: Method, val: float) -> None:
-        info = {"method": "uscl", "epoch": int(epoch), "input_norm": [USCL_MEAN, USCL_STD]}
-        if not math.isnan(val):
-            info["val_nt_xent"] = float(val)
-        run.save_encoder(method.encoder, cfg.backbone, method.encoder_kwargs, **info)
-
-    return save
-
-
-def pretrain(
-    cfg: USCLConfig,
-    run: Any,
-    data_root: str | Path | None = None,
-    *,
-    data: tuple[Dataset, Dataset | None] | None = None,
-    method: USCL | None = None,
-    resume: bool = False,
-) -> tuple[USCL, Any]:
-    """Run USCL pretraining with ``engine.fit`` and reload the best-validation encoder.
-
-    ``fit`` computes the validation NT-Xent on the un-mixed pairs of the held-out videos
-    (``validation_step``; ``val_nt_xent`` in ``history.epochs``) and ``KeepBest`` writes the
-    encoder to ``run.dir/checkpoints/encoder.*`` whenever it improves (read by notebook 07).
-    Without validation videos the last encoder is kept. After a resume the best value so far is
-    restored from the logged epochs.
-
-    Args:
-        cfg: the resolved ``USCLConfig``.
-        run: the notebook's ``uslib.runs.Run``.
-        data_root: ``None`` (synthetic lung videos) or a POCUS layout.
-        data: ``(train_ds, val_ds)`` already built by ``train_data`` (default: build them).
-        method: a method from ``build(cfg)`` (default: build one).
-        resume: continue from ``run.dir/checkpoints/latest`` (default: start afresh).
-
-    Returns:
-        ``(method, history)`` with the best encoder loaded into ``method.backbone``.
-
-    Ref: USCL §B.7 (model selection by the lowest validation NT-Xent).
-    """
-    from uslib import runs
-    from uslib.engine import fit
-
-    method = method or build(cfg)
-    train_ds, val_ds = data or train_data(cfg, data_root)
-    keep = KeepBest("val_nt_xent", encoder_saver(run, cfg), mode="min")
-    history = fit(method, train_ds, cfg.optim, val_data=val_ds, run_dir=run.dir, resume=resume,
-                  seed=cfg.seed, callbacks=[keep])  # fmt: skip
-    spec = Path(run.dir) / "checkpoints" / runs.ENCODER_SPEC
-    if spec.is_file():
-        method.backbone.load_state_dict(runs.load_encoder(spec)[0].state_dict())
-    return method, history
+    provenance = (f"synthetic:{d.task}",) if root is None else ("real:pocus",)
+    return TrainData(
+        train, val, provenance=provenance, data_root=None if root is None else str(root)
+    )
 
 
 METHODS.register("uscl")(

@@ -10,6 +10,17 @@ from __future__ import annotations
 import math
 
 
+def cosine_ramp(fraction: float, start: float, end: float) -> float:
+    """Half-cosine from ``start`` (``fraction = 0``) to ``end`` (``fraction = 1``), clipped.
+
+    The DINO/iBOT teacher-momentum rule: ``end - (end - start) * (cos(pi * t) + 1) / 2``.
+
+    Ref: OpenUS notes §1.2.2 (momentum 0.996 -> 1, cosine); DINO ``cosine_scheduler``.
+    """
+    t = min(1.0, max(0.0, float(fraction)))
+    return end - (end - start) * (math.cos(math.pi * t) + 1.0) / 2.0
+
+
 def warmup_cosine(
     step: int,
     total_steps: int,
