@@ -96,3 +96,21 @@ def test_masked_ce_all_unlabelled_is_zero_with_grad() -> None:
 def test_masked_ce_bad_label() -> None:
     with pytest.raises(ValueError, match="labels must be in"):
         masked_cross_entropy(torch.randn(2, 3), torch.tensor([0, 5]))
+
+
+def test_masked_mse_counts_only_masked_patches_and_normalises_per_patch() -> None:
+    from uslib.losses import masked_mse
+    from uslib.losses.reconstruction import normalise_patches
+
+    pred = torch.zeros(1, 3, 4)
+    target = torch.tensor([[[1.0, 1, 1, 1], [0, 2, 0, 2], [9, 9, 9, 9]]])
+    mask = torch.tensor([[1, 1, 0]])  # the third patch is visible: its error of 81 is ignored
+    assert masked_mse(pred, target, mask).item() == pytest.approx((1.0 + 2.0) / 2)
+    normed = normalise_patches(target[:, 1:2])  # mean 1, unbiased var 4/3
+    torch.testing.assert_close(normed, (target[:, 1:2] - 1) / (4 / 3 + 1e-6) ** 0.5)
+    # normalised targets of the first patch are 0 (constant patch), of the second +-0.866
+    assert masked_mse(pred, target, mask, norm_pix=True).item() == pytest.approx(0.75 / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="no patch"):
+        masked_mse(pred, target, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="must be"):
+        masked_mse(pred, target[:, :2], mask)

@@ -1,8 +1,4 @@
-"""Loss functions shared by the methods (contrastive, masked classification, ...).
-
-Each loss is a plain function on tensors, checked in ``tests/test_losses.py`` against a
-hand-written per-sample reference. Methods choose and weight them; no loss lives on a model.
-"""
+"""Contrastive and (semi-)supervised classification losses: NT-Xent, InfoNCE, masked CE."""
 
 from __future__ import annotations
 
@@ -130,6 +126,3 @@ def masked_cross_entropy(
             f"{ignore_index}, got {sorted(set(bad.tolist()))}"
         )
     return F.cross_entropy(logits[keep], labels[keep])
-
-
-__all__ = ["info_nce", "masked_cross_entropy", "nt_xent"]
