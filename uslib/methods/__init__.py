@@ -9,6 +9,7 @@ from a notebook or from ``python -m uslib.train --method NAME``.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +39,15 @@ class MethodSpec:
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
-_METHOD_MODULES: tuple[str, ...] = ("uscl",)
+_NOT_METHODS: frozenset[str] = frozenset({"base"})
 
 
 def _load_all() -> None:
-    for mod in _METHOD_MODULES:
-        importlib.import_module(f"uslib.methods.{mod}")
+    """Import every module of this package (each registers its method on import), so a new
+    paper joins the CLI, the driver and ``tests/test_methods.py`` by adding its file."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
+            importlib.import_module(f"uslib.methods.{info.name}")
 
 
 def get_method(name: str) -> MethodSpec:
