@@ -195,8 +195,6 @@ def fit(
         cpu=not torch.cuda.is_available(),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
-    run_path = Path(run_dir) if run_dir is not None else None
-    ckpt_root = run_path / "checkpoints" if run_path is not None else None
     loader = _train_loader(train_data, optim, seed, collate_fn, batch_sampler)
     val_loader = None
     if val_data is not None:
@@ -208,108 +206,158 @@ def fit(
         val_loader = DataLoader(val_data, collate_fn=collate_fn, **val_kw)
     optimizer = build_optimizer(method, optim)
     model, optimizer, loader = accel.prepare(method, optimizer, loader)
-    raw: Method = accel.unwrap_model(model)
+    loop = _Loop(accel, model, optimizer, loader, val_loader, optim, callbacks, run_dir)
+    if resume:
+        loop.resume()
+    loop.run((train_data, batch_sampler), stop_at_step, progress)
+    return loop.history
 
-    micro_per_epoch = len(loader)
-    acc = optim.accumulate_steps
-    steps_per_epoch = micro_per_epoch // acc
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"an epoch has {micro_per_epoch} batches, fewer than accumulate_steps="
-            f"{acc}: use more data or a smaller batch_size ({optim.batch_size})"
-        )
-    total = optim.max_steps or optim.epochs * steps_per_epoch
 
-    history, step = History(), 0
-    if resume and ckpt_root is not None and (last := latest_checkpoint(ckpt_root)) is not None:
-        state = load_checkpoint(accel, last)
-        step, history = state["step"], History(state["steps"], state["epochs"])
-        accel.print(f"resumed from {last} at step {step}/{total}")
-        raw.set_progress(Progress(step, total, step // steps_per_epoch, steps_per_epoch))
-        for cb in callbacks:
-            if callable(getattr(cb, "restore", None)):
-                cb.restore(history.epochs)
+class _Loop:
+    """The state of one ``fit`` call and its steps (split out of ``fit`` to keep each part
+    short); not public: ``fit`` is the only entry point."""
 
-    def checkpoint() -> None:
-        if ckpt_root is not None:
-            save_checkpoint(
-                accel,
-                ckpt_root,
-                step,
-                {"step": step, "steps": history.steps, "epochs": history.epochs},
+    def __init__(
+        self,
+        accel: Accelerator,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: DataLoader,
+        val_loader: DataLoader | None,
+        optim: OptimConfig,
+        callbacks: Sequence[EpochCallback],
+        run_dir: str | Path | None,
+    ) -> None:
+        self.accel, self.model, self.optimizer, self.loader = accel, model, optimizer, loader
+        self.raw: Method = accel.unwrap_model(model)
+        self.val_loader, self.optim, self.callbacks = val_loader, optim, callbacks
+        self.run_path = Path(run_dir) if run_dir is not None else None
+        self.ckpt_root = self.run_path / "checkpoints" if self.run_path is not None else None
+        self.acc = optim.accumulate_steps
+        self.steps_per_epoch = len(loader) // self.acc
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"an epoch has {len(loader)} batches, fewer than accumulate_steps="
+                f"{self.acc}: use more data or a smaller batch_size ({optim.batch_size})"
             )
-            if accel.is_main_process:
-                _write_history(run_path, history)
+        self.total = optim.max_steps or optim.epochs * self.steps_per_epoch
+        self.history, self.step = History(), 0
+        self.t0, self.seen = time.perf_counter(), 0
 
-    bar = tqdm(
-        total=total,
-        initial=step,
-        disable=not (progress and accel.is_main_process),
-        desc="fit",
-        dynamic_ncols=True,
-    )
-    model.train()
-    t0, seen = time.perf_counter(), 0
-    while step < total and (stop_at_step is None or step < stop_at_step):
-        epoch, skip = divmod(step * acc, steps_per_epoch * acc)
-        loader.set_epoch(epoch)
-        for obj in (train_data, batch_sampler):
-            if hasattr(obj, "set_epoch"):
-                obj.set_epoch(epoch)
-        if skip == 0:
-            raw.on_epoch_start(epoch)
-        batches = accel.skip_first_batches(loader, skip) if skip else loader
-        micro = skip
-        parts_acc: dict[str, float] = {}
+    def progress_at(self, epoch: int) -> Progress:
+        return Progress(self.step, self.total, epoch, self.steps_per_epoch)
+
+    def resume(self) -> None:
+        """Restore the newest checkpoint (if any), the method's progress and callback state."""
+        if self.ckpt_root is None or (last := latest_checkpoint(self.ckpt_root)) is None:
+            return
+        state = load_checkpoint(self.accel, last)
+        self.step, self.history = state["step"], History(state["steps"], state["epochs"])
+        self.accel.print(f"resumed from {last} at step {self.step}/{self.total}")
+        self.raw.set_progress(self.progress_at(self.step // self.steps_per_epoch))
+        for cb in self.callbacks:
+            if callable(getattr(cb, "restore", None)):
+                cb.restore(self.history.epochs)
+
+    def checkpoint(self) -> None:
+        if self.ckpt_root is None:
+            return
+        state = {"step": self.step, "steps": self.history.steps, "epochs": self.history.epochs}
+        save_checkpoint(self.accel, self.ckpt_root, self.step, state)
+        if self.accel.is_main_process:
+            _write_history(self.run_path, self.history)
+
+    def run(self, epoch_aware: tuple[Any, ...], stop_at_step: int | None, progress: bool) -> None:
+        """Epochs until ``total`` (or ``stop_at_step``) optimizer steps, then a last checkpoint."""
+        end = self.total if stop_at_step is None else min(self.total, stop_at_step)
+        bar = tqdm(
+            total=self.total,
+            initial=self.step,
+            disable=not (progress and self.accel.is_main_process),
+            desc="fit",
+            dynamic_ncols=True,
+        )
+        self.model.train()
+        while self.step < end:
+            epoch, skip = divmod(self.step * self.acc, self.steps_per_epoch * self.acc)
+            self.loader.set_epoch(epoch)
+            for obj in epoch_aware:  # the dataset and the batch sampler
+                if hasattr(obj, "set_epoch"):
+                    obj.set_epoch(epoch)
+            if skip == 0:
+                self.raw.on_epoch_start(epoch)
+            self.run_epoch(epoch, skip, end, bar)
+        bar.close()
+        every = self.optim.checkpoint_every
+        if not (every and self.step % every == 0):
+            self.checkpoint()
+        elif self.accel.is_main_process:
+            _write_history(self.run_path, self.history)
+
+    def run_epoch(self, epoch: int, skip: int, end: int, bar: Any) -> None:
+        """Micro-batches of one epoch from ``skip`` on; stops at the epoch end or at ``end``."""
+        batches = self.accel.skip_first_batches(self.loader, skip) if skip else self.loader
+        micro, per_epoch = skip, self.steps_per_epoch * self.acc
+        parts: dict[str, float] = {}
         for batch in batches:
-            if micro >= steps_per_epoch * acc:
+            if micro >= per_epoch:
                 break  # drop the remainder micro-batches that do not fill an optimizer step
             micro += 1
-            lr = _set_lr(optimizer, optim, step, total, steps_per_epoch)
-            raw.set_progress(Progress(step, total, epoch, steps_per_epoch))
-            last_micro = micro % acc == 0
-            with accel.no_sync(model) if not last_micro else _null():
-                with accel.autocast():
-                    out = model(batch)
-                loss = out["loss"]
-                if not torch.isfinite(loss.detach()).all():
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step} (epoch {epoch}, micro-batch {micro}): "
-                        f"{_floats(out)}; last good checkpoint kept in {ckpt_root}"
-                    )
-                accel.backward(loss / acc)
-            for k, v in _floats(out).items():
-                parts_acc[k] = parts_acc.get(k, 0.0) + v / acc
-            seen += _batch_size(batch) * accel.num_processes
+            lr = _set_lr(self.optimizer, self.optim, self.step, self.total, self.steps_per_epoch)
+            self.raw.set_progress(self.progress_at(epoch))
+            last_micro = micro % self.acc == 0
+            for k, v in self.forward_backward(batch, epoch, micro, last_micro).items():
+                parts[k] = parts.get(k, 0.0) + v / self.acc
             if not last_micro:
                 continue
-            drop_frozen_grads(optimizer, epoch)
-            _clip(accel, model, optim)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            raw.on_step_end()  # progress still names the step just taken
-            step += 1
-            if step % optim.log_every == 0 or step == total:
-                ips = seen / max(1e-9, time.perf_counter() - t0)
-                history.steps.append(
-                    {"step": step, "epoch": epoch, "lr": lr, **parts_acc, "images_per_s": ips}
-                )
-                bar.set_postfix(loss=f"{parts_acc['loss']:.4f}", img_s=f"{ips:.1f}")
-            parts_acc = {}
-            bar.update(1)
-            if micro == steps_per_epoch * acc:  # epoch finished: validate before checkpointing
-                raw.set_progress(Progress(step, total, epoch, steps_per_epoch))
-                history.epochs.append(_epoch_end(epoch, step, raw, val_loader, callbacks, accel))
-            if optim.checkpoint_every and step % optim.checkpoint_every == 0:
-                checkpoint()
-            if step >= total or (stop_at_step is not None and step >= stop_at_step):
+            self.optimizer_step(epoch)
+            self.log(epoch, lr, parts, bar)
+            parts = {}
+            if micro == per_epoch:  # epoch finished: validate before checkpointing
+                self.raw.set_progress(self.progress_at(epoch))
+                self.history.epochs.append(
+                    _epoch_end(epoch, self.step, self.raw, self.val_loader, self.callbacks,
+                               self.accel)
+                )  # fmt: skip
+            every = self.optim.checkpoint_every
+            if every and self.step % every == 0:
+                self.checkpoint()
+            if self.step >= end:
                 break
-    bar.close()
-    if not (optim.checkpoint_every and step % optim.checkpoint_every == 0):
-        checkpoint()
-    elif accel.is_main_process:
-        _write_history(run_path, history)
-    return history
+
+    def forward_backward(
+        self, batch: Any, epoch: int, micro: int, last_micro: bool
+    ) -> dict[str, float]:
+        """One micro-batch: forward under autocast, NaN/inf guard, scaled backward."""
+        with self.accel.no_sync(self.model) if not last_micro else _null():
+            with self.accel.autocast():
+                out = self.model(batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {self.step} (epoch {epoch}, micro-batch {micro}): "
+                    f"{_floats(out)}; last good checkpoint kept in {self.ckpt_root}"
+                )
+            self.accel.backward(loss / self.acc)
+        self.seen += _batch_size(batch) * self.accel.num_processes
+        return _floats(out)
+
+    def optimizer_step(self, epoch: int) -> None:
+        """Frozen-group gradients dropped, clipping, the step, then the method's step end."""
+        drop_frozen_grads(self.optimizer, epoch)
+        _clip(self.accel, self.model, self.optim)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.raw.on_step_end()  # progress still names the step just taken
+        self.step += 1
+
+    def log(self, epoch: int, lr: float, parts: dict[str, float], bar: Any) -> None:
+        if self.step % self.optim.log_every == 0 or self.step == self.total:
+            ips = self.seen / max(1e-9, time.perf_counter() - self.t0)
+            row = {"step": self.step, "epoch": epoch, "lr": lr, **parts, "images_per_s": ips}
+            self.history.steps.append(row)
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", img_s=f"{ips:.1f}")
+        bar.update(1)
 
 
 def _train_loader(
