@@ -73,3 +73,13 @@ def test_restarted_run_drops_the_previous_metrics(tmp_path) -> None:
     first.save_metrics({"old_key": 1.0, "acc": 0.5})
     second = runs.start("99_demo", None, out_dir=tmp_path / "r", verbose=False)
     assert second.save_metrics({"acc": 0.7}) == {"acc": 0.7, "profile": "smoke"}
+
+
+def test_timings_are_kept_apart_from_metrics(tmp_path) -> None:
+    run = runs.start("99_demo", None, out_dir=tmp_path / "r", verbose=False)
+    run.save_metrics({"acc": 0.5})
+    run.save_timings({"fit": 1.23456})
+    assert json.loads((run.dir / "timings.json").read_text()) == {"fit": 1.235}
+    assert "fit" not in json.loads((run.dir / "metrics.json").read_text())
+    runs.start("99_demo", None, out_dir=tmp_path / "r", verbose=False)
+    assert not (run.dir / "timings.json").exists()

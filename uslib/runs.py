@@ -113,6 +113,18 @@ class Run:
         path.write_text(json.dumps(merged, indent=2, default=float))
         return merged
 
+    def save_timings(self, seconds: dict[str, float]) -> Path:
+        """Write wall-clock timings to ``timings.json``, apart from ``metrics.json``.
+
+        Timings differ from run to run; keeping them out of ``metrics.json`` lets two runs of
+        the same config be compared byte for byte.
+        """
+        path = self.dir / "timings.json"
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged.update({k: round(float(v), 3) for k, v in seconds.items()})
+        path.write_text(json.dumps(merged, indent=2))
+        return path
+
     def save_table(self, df: Any, name: str) -> Path:
         """Write a DataFrame as ``tables/<name>.csv`` and ``.md``; returns the CSV path."""
         folder = self._sub("tables")
@@ -188,8 +200,9 @@ def start(
 ) -> Run:
     """Create (or reuse) the run folder, write config and provenance, seed everything.
 
-    A reused folder starts with no ``metrics.json`` (``save_metrics`` merges within one run, and
-    keys of an earlier run must not survive into this one); checkpoints, tables and figures stay
+    A reused folder starts with no ``metrics.json`` / ``timings.json`` (they merge within one
+    run, and keys of an earlier run must not survive into this one); checkpoints, tables and
+    figures stay
     until the run rewrites them (``fit`` may resume from the checkpoints).
 
     Args:
@@ -205,7 +218,8 @@ def start(
     if not folder.is_absolute():
         folder = repo_root() / folder
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").unlink(missing_ok=True)
+    for stale in ("metrics.json", "timings.json"):
+        (folder / stale).unlink(missing_ok=True)
     seed_everything(seed)
     prov = provenance(seed)
     (folder / "provenance.json").write_text(json.dumps(prov, indent=2))
