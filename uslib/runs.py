@@ -202,8 +202,7 @@ def start(
 
     A reused folder starts with no ``metrics.json`` / ``timings.json`` (they merge within one
     run, and keys of an earlier run must not survive into this one); checkpoints, tables and
-    figures stay
-    until the run rewrites them (``fit`` may resume from the checkpoints).
+    figures stay until the run rewrites them (``fit`` may resume from the checkpoints).
 
     Args:
         name: run name, the notebook stem (``"02_uscl_sample_pairs"``).
