@@ -66,3 +66,40 @@ def test_cli_returns_nonzero_on_failure(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(rp, "reproduce", failing)
     assert main(["--profile", "smoke"]) == 1
+
+
+def test_heartbeat_reports_cell_and_training_progress(tmp_path: Path, capfd, monkeypatch) -> None:
+    import uslib.reproduce as rp
+
+    monkeypatch.setattr(rp, "HEARTBEAT_S", 0.5)
+    src, out = tmp_path / "nb", tmp_path / "out"
+    src.mkdir()
+    body = (
+        "import json, pathlib, time\n"
+        f"d = pathlib.Path({str(out)!r}) / '01_slow_pretrain'\n"
+        "d.mkdir(parents=True, exist_ok=True)\n"
+        "state = dict(step=3, total_steps=9, epoch=0, epochs=3, loss=0.5, images_per_s=7.0)\n"
+        "(d / 'progress.json').write_text(json.dumps({**state, 'time': time.time()}))\n"
+        "time.sleep(3)"
+    )
+    _notebook(src, "01_slow.ipynb", body)
+    reproduce("smoke", notebooks_dir=src, out_dir=out)
+    captured = capfd.readouterr()
+    lines = [ln for ln in captured.out.splitlines() if ln.strip().startswith("..")]
+    # three code cells: parameters, injected parameters, body
+    assert lines, captured.out
+    assert any("cell 3/3" in ln and "01_slow_pretrain: step 3/9 epoch 1/3" in ln for ln in lines), (
+        lines
+    )
+    assert "without encryption" not in captured.err  # IPC kernel transport
+
+
+def test_cell_status_counts_code_cells(tmp_path: Path) -> None:
+    from uslib.reproduce import cell_status
+
+    nb = new_notebook(cells=[new_markdown_cell("# x"), new_code_cell("1"), new_code_cell("2")])
+    nb.cells[1].metadata["papermill"] = {"status": "completed"}
+    nb.cells[2].metadata["papermill"] = {"status": "pending"}
+    nbformat.write(nb, tmp_path / "a.ipynb")
+    assert cell_status(tmp_path / "a.ipynb") == (1, 2)
+    assert cell_status(tmp_path / "missing.ipynb") == (0, 0)

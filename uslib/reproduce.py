@@ -1,20 +1,28 @@
 """Run every notebook in order with papermill: ``python -m uslib.reproduce --profile cpu``.
 
-Executed copies go to ``papermill_runs/<profile>/NN_x.ipynb`` (run folders beside them). One line
-per notebook with its duration; the first failure stops the run, naming the notebook and the cell.
+Executed copies go to ``papermill_runs/<profile>/NN_x.ipynb`` (run folders beside them). While a
+notebook runs, a line every 30 s says which cell runs (k of n), the elapsed time and, inside
+training, the engine's step, loss and images/s (read from the run folder's ``progress.json``); one
+line per notebook with its duration; the first failure stops the run, naming the notebook and the
+cell. Kernels talk over local IPC sockets (no TCP, so no unencrypted-TCP warning).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.manager import AsyncKernelManager
+
 from uslib.config import PROFILES
-from uslib.runs import repo_root, runs_root
+from uslib.paths import repo_root, runs_root
 
 
 class NotebookFailed(RuntimeError):
@@ -29,6 +37,73 @@ def notebooks_in(folder: Path, only: Sequence[str] = ()) -> list[Path]:
     return found
 
 
+HEARTBEAT_S = 30.0
+
+
+class IPCKernelManager(AsyncKernelManager):
+    """A kernel manager on IPC sockets in a private temporary folder (not TCP)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.transport = "ipc"
+        self.ip = str(Path(tempfile.mkdtemp(prefix="uslib-kernel-")) / "kernel")
+
+
+def cell_status(executed: Path) -> tuple[int, int]:
+    """``(k, n)``: the running (or last finished) code cell of a papermill output notebook."""
+    try:
+        cells = json.loads(executed.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return 0, 0  # not written yet, or caught mid-write
+    code = [c for c in cells if c.get("cell_type") == "code"]
+    k = 0
+    for i, c in enumerate(code, 1):
+        status = c.get("metadata", {}).get("papermill", {}).get("status")
+        if status in ("running", "completed"):
+            k = i
+    return k, len(code)
+
+
+def training_status(run_root: Path, stem: str, since: float) -> str:
+    """The freshest ``progress.json`` of this notebook's run folders (``<stem>*``), as text."""
+    newest: tuple[float, dict[str, Any]] | None = None
+    for path in run_root.glob(f"{stem}*/progress.json"):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        t = float(state.get("time", 0.0))
+        if t >= since and (newest is None or t > newest[0]):
+            newest = (t, {**state, "run": path.parent.name})
+    if newest is None:
+        return ""
+    st = newest[1]
+    return (
+        f" | {st['run']}: step {st['step']}/{st['total_steps']} epoch {st['epoch'] + 1}/"
+        f"{st['epochs']} loss {st['loss']:.4f} {st['images_per_s']:.1f} img/s"
+    )
+
+
+class Heartbeat(threading.Thread):
+    """Prints where a running notebook stands every ``every`` seconds until stopped."""
+
+    def __init__(self, nb: Path, out: Path, every: float | None = None) -> None:
+        super().__init__(daemon=True)
+        self.nb, self.out = nb, out
+        self.every = HEARTBEAT_S if every is None else every
+        self.t0, self.stopped = time.time(), threading.Event()
+
+    def line(self) -> str:
+        k, n = cell_status(self.out)
+        mins, secs = divmod(int(time.time() - self.t0), 60)
+        train = training_status(self.out.parent, self.nb.stem, self.t0)
+        return f"  ..  {self.nb.name:<45} cell {k}/{n} {mins:3d}:{secs:02d}{train}"
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            print(self.line(), flush=True)
+
+
 def run_notebook(nb: Path, out: Path, parameters: dict[str, Any], timeout: int | None) -> float:
     """Execute ``nb`` into ``out`` with papermill; returns seconds.
 
@@ -40,6 +115,8 @@ def run_notebook(nb: Path, out: Path, parameters: dict[str, Any], timeout: int |
 
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    beat = Heartbeat(nb, out)
+    beat.start()
     try:
         pm.execute_notebook(
             str(nb),
@@ -49,12 +126,15 @@ def run_notebook(nb: Path, out: Path, parameters: dict[str, Any], timeout: int |
             cwd=str(nb.parent),
             progress_bar=False,
             execution_timeout=timeout,
+            kernel_manager_class=IPCKernelManager,
         )
     except PapermillExecutionError as err:
         raise NotebookFailed(
             f"{nb.name} failed in cell {err.exec_count} ({err.ename}: {err.evalue}); "
             f"executed copy with the traceback: {out}"
         ) from err
+    finally:
+        beat.stopped.set()
     return time.perf_counter() - t0
 
 
