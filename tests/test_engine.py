@@ -221,3 +221,12 @@ def test_on_epoch_start_before_each_epoch_not_on_a_mid_epoch_resume(tmp_path) ->
     fit(first, ToyImages(8), opt, run_dir=tmp_path, stop_at_step=3, progress=False)
     fit(second, ToyImages(8), opt, run_dir=tmp_path, progress=False)  # resumes inside epoch 1
     assert first.starts == [0, 1] and second.starts == [2]
+
+
+def test_fit_writes_progress_for_a_watcher(tmp_path) -> None:
+    import json
+
+    fit(ToyRegressor(), ToyImages(8), OPT.replace(epochs=2), run_dir=tmp_path, progress=False)
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert state["step"] == state["total_steps"] and state["epochs"] == 2
+    assert math.isfinite(state["loss"]) and state["images_per_s"] > 0
