@@ -83,3 +83,44 @@ def test_timings_are_kept_apart_from_metrics(tmp_path) -> None:
     assert "fit" not in json.loads((run.dir / "metrics.json").read_text())
     runs.start("99_demo", None, out_dir=tmp_path / "r", verbose=False)
     assert not (run.dir / "timings.json").exists()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "expected a mapping"),
+        ("kwargs: {}\n", "missing field 'backbone'"),
+        ("backbone: [1\n", "not valid YAML"),
+        ("backbone: resnet18_smoke\nkwargs: 3\n", "'kwargs' must be a mapping"),
+        ("backbone: resnet18_smoke\ninput_norm: 0.5\n", "'input_norm' must be"),
+    ],
+)
+def test_bad_encoder_specs_name_the_file_and_field(tmp_path, text: str, match: str) -> None:
+    spec = tmp_path / "encoder.yaml"
+    spec.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        runs.load_encoder(spec)
+    assert str(spec) in str(info.value)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00" * 7, b"random bytes, not safetensors"])
+def test_bad_encoder_weights_name_the_file(tmp_path, payload: bytes) -> None:
+    from uslib.models.checkpoints import CheckpointError
+
+    (tmp_path / "encoder.yaml").write_text("backbone: resnet18_smoke\n")
+    (tmp_path / "encoder.safetensors").write_bytes(payload)
+    with pytest.raises(CheckpointError, match="encoder.safetensors"):
+        runs.load_encoder(tmp_path / "encoder.yaml")
+
+
+def test_wrong_shape_weights_name_file_and_key(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from uslib.models import create_backbone
+    from uslib.models.checkpoints import CheckpointError
+
+    state = create_backbone("resnet18_smoke", in_chans=3).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "encoder.safetensors"))
+    (tmp_path / "encoder.yaml").write_text("backbone: resnet18_smoke\nkwargs: {in_chans: 1}\n")
+    with pytest.raises(CheckpointError, match=r"(?s)encoder\.safetensors.*conv1\.weight"):
+        runs.load_encoder(tmp_path / "encoder.yaml")

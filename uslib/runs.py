@@ -25,29 +25,11 @@ import torch
 import yaml
 
 from uslib.config import ConfigBase
+from uslib.paths import repo_root, runs_root
 
 _PACKAGES = ("torch", "torchvision", "timm", "accelerate", "datasets", "numpy", "uslib")
 ENCODER_WEIGHTS = "encoder.safetensors"
 ENCODER_SPEC = "encoder.yaml"
-
-
-def repo_root() -> Path:
-    """The repository root: ``$USLIB_ROOT`` if set, else the folder above the ``uslib`` package."""
-    env = os.environ.get("USLIB_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file():
-        return here
-    for parent in [Path.cwd(), *Path.cwd().parents]:
-        if (parent / "pyproject.toml").is_file() and (parent / "uslib").is_dir():
-            return parent
-    raise FileNotFoundError("cannot find the repository root; set USLIB_ROOT")
-
-
-def runs_root(profile: str) -> Path:
-    """``<repo>/papermill_runs/<profile>``."""
-    return repo_root() / "papermill_runs" / profile
 
 
 def seed_everything(seed: int) -> None:
@@ -250,23 +232,60 @@ def find_encoders(profile: str) -> list[Path]:
     )
 
 
-def load_encoder(spec_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild an encoder saved by ``Run.save_encoder``; returns ``(module, spec)``.
+def read_encoder_spec(spec_path: str | Path) -> dict[str, Any]:
+    """Read and validate an ``encoder.yaml``; every failure names the file (and the field).
 
     Raises:
-        FileNotFoundError: the spec or weights file is missing (the path is named).
+        FileNotFoundError: the spec is missing.
+        ValueError: not YAML, not a mapping, no ``backbone``, or ``kwargs`` / ``input_norm`` of
+            the wrong form.
     """
-    from safetensors.torch import load_file
-
-    from uslib.models import create_backbone
-
     spec_path = Path(spec_path)
     if not spec_path.is_file():
         raise FileNotFoundError(f"encoder spec not found: {spec_path}")
-    spec = yaml.safe_load(spec_path.read_text())
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{spec_path}: not valid YAML ({err})") from err
+    if not isinstance(spec, dict):
+        raise ValueError(f"{spec_path}: expected a mapping with a 'backbone' field, got {spec!r}")
+    if not isinstance(spec.get("backbone"), str) or not spec["backbone"]:
+        raise ValueError(f"{spec_path}: missing field 'backbone' (the registry name to rebuild)")
+    if not isinstance(spec.setdefault("kwargs", {}) or {}, dict):
+        raise ValueError(f"{spec_path}: field 'kwargs' must be a mapping, got {spec['kwargs']!r}")
+    spec["kwargs"] = spec["kwargs"] or {}
+    norm = spec.get("input_norm")
+    if norm is not None and not (isinstance(norm, list | tuple) and len(norm) == 2):
+        raise ValueError(f"{spec_path}: field 'input_norm' must be [mean, std], got {norm!r}")
+    return spec
+
+
+def load_encoder(spec_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild an encoder saved by ``Run.save_encoder``; returns ``(module, spec)``.
+
+    The module is the raw backbone: it expects input already normalised with the spec's
+    ``input_norm`` (notebook 07 wraps it accordingly).
+
+    Raises:
+        FileNotFoundError: the spec or weights file is missing (the path is named).
+        ValueError: an invalid spec (``read_encoder_spec``).
+        uslib.models.checkpoints.CheckpointError: unreadable weights, or weights that do not fit
+            the rebuilt backbone (the file and the keys are named).
+    """
+    from uslib.models import create_backbone
+    from uslib.models.checkpoints import CheckpointError, read_state_dict
+
+    spec_path = Path(spec_path)
+    spec = read_encoder_spec(spec_path)
     weights = spec_path.parent / ENCODER_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"encoder weights not found: {weights}")
-    model = create_backbone(spec["backbone"], **spec.get("kwargs", {}))
-    model.load_state_dict(load_file(str(weights)))
+    state = read_state_dict(weights)
+    model = create_backbone(spec["backbone"], **spec["kwargs"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{weights} does not fit {spec['backbone']}({spec['kwargs']}) from {spec_path}: {err}"
+        ) from err
     return model, spec
