@@ -103,3 +103,20 @@ def test_cell_status_counts_code_cells(tmp_path: Path) -> None:
     nbformat.write(nb, tmp_path / "a.ipynb")
     assert cell_status(tmp_path / "a.ipynb") == (1, 2)
     assert cell_status(tmp_path / "missing.ipynb") == (0, 0)
+
+
+def test_run_record_names_command_machine_and_seconds(tmp_path: Path) -> None:
+    import json
+
+    from uslib.reproduce import matmul_gflops, run_record
+
+    src, out = tmp_path / "nb", tmp_path / "out"
+    src.mkdir()
+    _notebook(src, "01_a.ipynb", "x = 1")
+    record = run_record("smoke", None, ["--profile", "smoke"])
+    reproduce("smoke", notebooks_dir=src, out_dir=out, record=record)
+    saved = json.loads((out / "reproduce.json").read_text())
+    assert saved["make"] == "make reproduce PROFILE=smoke" and "01_a" in saved["notebooks"]
+    assert saved["total_s"] == saved["notebooks"]["01_a"] > 0
+    assert saved["machine"]["cpu_count"] >= 1 and saved["machine"]["matmul_gflops_fp32"] > 0
+    assert 0 < matmul_gflops(n=64, repeats=1)

@@ -138,6 +138,66 @@ def run_notebook(nb: Path, out: Path, parameters: dict[str, Any], timeout: int |
     return time.perf_counter() - t0
 
 
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s) with torch's current threads: best of ``repeats``
+    ``n x n`` products (``2 n^3`` FLOPs each). Recorded with each run, so timings in the README
+    can be read against the machine that made them."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def run_record(profile: str, data_root: str | None, argv: Sequence[str]) -> dict[str, Any]:
+    """What ``reproduce.json`` says about the run: command, machine, git state."""
+    import os
+    import platform
+
+    import torch
+
+    from uslib.runs import provenance
+
+    prov = provenance(0)
+    return {
+        "command": "python -m uslib.reproduce " + " ".join(argv),
+        "make": f"make reproduce PROFILE={profile}"
+        + (f" DATA_ROOT={data_root}" if data_root else ""),
+        "profile": profile,
+        "data_root": data_root,
+        "git_sha": prov["git_sha"],
+        "git_dirty": prov["git_dirty"],
+        "start": prov["start"],
+        "machine": {
+            "host": platform.node(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "matmul_gflops_fp32": round(matmul_gflops(), 1),
+            "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
+        },
+        "notebooks": {},
+    }
+
+
+def changed_tracked_files(paths: Sequence[Path]) -> list[str]:
+    """Tracked files under ``paths`` that differ from the last commit (``git status``)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", *map(str, paths)],
+            cwd=repo_root(), capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.splitlines() if line[:2].strip() and not line.startswith("??")]
+
+
 def reproduce(
     profile: str,
     data_root: str | None = None,
@@ -145,8 +205,13 @@ def reproduce(
     notebooks_dir: Path | None = None,
     out_dir: Path | None = None,
     timeout: int | None = None,
+    record: dict[str, Any] | None = None,
 ) -> list[tuple[str, float]]:
     """Run the notebooks of ``notebooks_dir`` (default ``<repo>/notebooks``) in order.
+
+    Args:
+        record: when given (``run_record``), the per-notebook seconds are added to it and it is
+            written to ``<out_dir>/reproduce.json`` after each notebook.
 
     Returns:
         ``(notebook name, seconds)`` per notebook.
@@ -164,6 +229,10 @@ def reproduce(
         secs = run_notebook(nb, target / nb.name, params, timeout)
         print(f"  ok  {nb.name:<45} {secs:7.1f} s", flush=True)
         done.append((nb.name, secs))
+        if record is not None:
+            record["notebooks"][nb.stem] = round(secs, 1)
+            record["total_s"] = round(sum(record["notebooks"].values()), 1)
+            (target / "reproduce.json").write_text(json.dumps(record, indent=2) + "\n")
     return done
 
 
@@ -176,18 +245,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout (s)")
     args = parser.parse_args(argv)
     only = [s.strip().zfill(2) for s in args.only.split(",") if s.strip()]
-    print(f"reproduce: profile={args.profile} data_root={args.data_root or 'synthetic'}")
+    record = run_record(
+        args.profile, args.data_root, list(argv if argv is not None else sys.argv[1:])
+    )
+    mach = record["machine"]
+    print(
+        f"reproduce: profile={args.profile} data_root={args.data_root or 'synthetic'} | "
+        f"{mach['cpu_count']} cores, {mach['torch_threads']} threads, "
+        f"{mach['matmul_gflops_fp32']} GFLOP/s fp32 matmul, load {mach['loadavg_1min_at_start']}"
+    )
     t0 = time.perf_counter()
     try:
-        done = reproduce(args.profile, args.data_root, only, timeout=args.timeout)
+        done = reproduce(args.profile, args.data_root, only, timeout=args.timeout, record=record)
     except NotebookFailed as err:
         print(f"FAILED {err}", file=sys.stderr)
         return 1
     total = time.perf_counter() - t0
+    target = runs_root(args.profile)
     print(
         f"reproduce: {len(done)} notebooks ran in {total / 60:.1f} min "
-        f"-> {runs_root(args.profile).relative_to(repo_root())}/"
+        f"-> {target.relative_to(repo_root())}/"
     )
+    changed = changed_tracked_files([target])
+    if changed:
+        print(f"reproduce: rewrote {len(changed)} tracked files (git diff to review):")
+        print(
+            "\n".join(f"    {f}" for f in changed[:40]) + ("\n    ..." if len(changed) > 40 else "")
+        )
     return 0
 
 
