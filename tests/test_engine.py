@@ -230,3 +230,22 @@ def test_fit_writes_progress_for_a_watcher(tmp_path) -> None:
     state = json.loads((tmp_path / "progress.json").read_text())
     assert state["step"] == state["total_steps"] and state["epochs"] == 2
     assert math.isfinite(state["loss"]) and state["images_per_s"] > 0
+
+
+def test_compile_flag_falls_back_to_eager_when_the_compiler_fails(monkeypatch) -> None:
+    eager = ToyRegressor()
+    fit(eager, ToyImages(8), OPT.replace(epochs=1), progress=False)
+
+    def broken_compile(self, *a, **k) -> None:  # what a missing C++ toolchain looks like
+        def fail(*args, **kwargs):
+            raise RuntimeError("inductor: no working C++ compiler")
+
+        self._compiled_call_impl = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    method = ToyRegressor()
+    with pytest.warns(UserWarning, match="torch.compile failed on the first step"):
+        fit(method, ToyImages(8), OPT.replace(epochs=1, compile=True), progress=False)
+    assert method._compiled_call_impl is None
+    for k, v in _weights(eager).items():  # the eager fallback trains the same run
+        assert torch.equal(v, _weights(method)[k]), k

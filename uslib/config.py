@@ -189,6 +189,7 @@ class OptimConfig(ConfigBase):
     grad_clip: float | None = None
     grad_clip_mode: str = "global"  # global (one norm) | per_parameter (DINO/iBOT clip_gradients)
     mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
+    compile: bool = False  # torch.compile the method (opt-in; falls back to eager on failure)
     num_workers: int = 0
     checkpoint_every: int = 0  # optimizer steps; 0 = only at the end
     log_every: int = 1

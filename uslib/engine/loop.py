@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +211,10 @@ def fit(
         )
         val_loader = DataLoader(val_data, collate_fn=collate_fn, **val_kw)
     optimizer = build_optimizer(method, optim)
+    compiled = optim.compile and _try_compile(method)
     model, optimizer, loader = accel.prepare(method, optimizer, loader)
     loop = _Loop(accel, model, optimizer, loader, val_loader, optim, callbacks, run_dir)
+    loop.compile_pending = compiled
     if resume:
         loop.resume()
     loop.run((train_data, batch_sampler), stop_at_step, progress)
@@ -248,6 +251,7 @@ class _Loop:
         self.total = optim.max_steps or optim.epochs * self.steps_per_epoch
         self.history, self.step = History(), 0
         self.t0, self.seen, self.last_beat = time.perf_counter(), 0, 0.0
+        self.compile_pending = False  # compiled, and the first step has not run yet
 
     def progress_at(self, epoch: int) -> Progress:
         return Progress(self.step, self.total, epoch, self.steps_per_epoch)
@@ -336,7 +340,7 @@ class _Loop:
         """One micro-batch: forward under autocast, NaN/inf guard, scaled backward."""
         with self.accel.no_sync(self.model) if not last_micro else _null():
             with self.accel.autocast():
-                out = self.model(batch)
+                out = self.forward(batch)
             loss = out["loss"]
             if not torch.isfinite(loss.detach()).all():
                 raise NonFiniteLossError(
@@ -346,6 +350,23 @@ class _Loop:
             self.accel.backward(loss / self.acc)
         self.seen += _batch_size(batch) * self.accel.num_processes
         return _floats(out)
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        """The method's forward; a failure of the first compiled call falls back to eager."""
+        if not self.compile_pending:
+            return self.model(batch)
+        try:
+            out = self.model(batch)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: warn, then run eagerly
+            warnings.warn(
+                f"torch.compile failed on the first step ({type(err).__name__}: {err}); "
+                "training continues eagerly (OptimConfig.compile=False hides this)",
+                stacklevel=2,
+            )
+            self.raw._compiled_call_impl = None  # undo nn.Module.compile
+            out = self.model(batch)
+        self.compile_pending = False
+        return out
 
     def optimizer_step(self, epoch: int) -> None:
         """Frozen-group gradients dropped, clipping, the step, then the method's step end."""
@@ -380,6 +401,17 @@ class _Loop:
         tmp = self.run_path / "progress.json.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.run_path / PROGRESS_FILE)
+
+
+def _try_compile(method: Method) -> bool:
+    """``nn.Module.compile`` in place (state-dict keys unchanged); ``False`` with a warning when
+    torch.compile is unavailable here."""
+    try:
+        method.compile()
+    except Exception as err:  # noqa: BLE001
+        warnings.warn(f"torch.compile unavailable ({err}); training eagerly", stacklevel=3)
+        return False
+    return True
 
 
 def _train_loader(
