@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from uslib.config import EvalConfig
+from uslib.config import EvalConfig, OptimConfig
+from uslib.data.collate import collate_records, dataset_index
 from uslib.evaluation.features import Features, extract_features
-from uslib.evaluation.finetune import ClassifierMethod, _EpochScorer, _result, finetune_classifier
+from uslib.evaluation.finetune import finetune_classifier
+from uslib.evaluation.heads import HeadModel
 from uslib.evaluation.metrics import classification_metrics
 from uslib.evaluation.probes import OPENUS_LINEAR_OPTIM, knn_classify, linear_probe
-from uslib.evaluation.records import collate_records, dataset_index
 from uslib.evaluation.seg_metrics import head_circumference_errors
 from uslib.evaluation.segmentation import train_segmentation
+
+
+def classifier(encoder: nn.Module, mode: str = "partial", bn_stats: str = "epoch") -> HeadModel:
+    """Encoder + new 3-class linear head (the fine-tuning model of ``finetune_classifier``)."""
+    return HeadModel(nn.Linear(encoder.num_features, 3), encoder, mode=mode, bn_stats=bn_stats)
 
 
 class ToyEncoder(nn.Module):
@@ -157,7 +162,7 @@ def test_collate_and_index():
 
 
 def test_partial_mode_only_last_block_and_head_get_gradients():
-    m = ClassifierMethod(ToyEncoder(), 3, "partial")
+    m = classifier(ToyEncoder(), "partial")
     batch = collate_records(toy_records(2))
     m.training_step(batch)["loss"].backward()
     trainable = {n for n, p in m.named_parameters() if p.grad is not None}
@@ -215,31 +220,19 @@ def test_finetune_val_selection_uses_grouped_val_split():
     assert res.best_epoch == int(res.history["val_acc"].to_numpy().argmax())
 
 
-def test_selection_picks_epoch_on_the_right_split():
-    """Hand-made history: val peaks at epoch 1, test at epoch 2."""
-
-    class H:
-        def to_frame(self, which):
-            if which == "steps":
-                return pd.DataFrame({"epoch": [0, 1, 2], "loss": [1.0, 0.5, 0.4]})
-            return pd.DataFrame(
-                {
-                    "epoch": [0, 1, 2],
-                    "step": [1, 2, 3],
-                    "val_acc": [0.5, 0.9, 0.7],
-                    "test_acc": [0.25, 0.5, 0.75],
-                }
-            )
-
-    y = np.array([0, 1, 1, 0])
-    scorer = _EpochScorer(None, None, 4)
-    scorer.y_test = y
-    correct = lambda k: np.eye(2)[np.where(np.arange(4) < k, y, 1 - y)]  # noqa: E731
-    scorer.test_proba = [correct(1), correct(2), correct(3)]
-    by_val, by_test = _result(H(), scorer, "val", 2), _result(H(), scorer, "test", 2)
-    assert (by_val.best_epoch, by_val.accuracy) == (1, 0.5)
-    assert (by_test.best_epoch, by_test.accuracy) == (2, 0.75)
-    assert by_val.history["train_loss"].tolist() == [1.0, 0.5, 0.4]
+def test_one_run_keeps_the_best_epoch_of_each_selection_set():
+    """``KeepBest`` per selection set: the first maximum of its history column, and the reported
+    test predictions come from the reloaded weights of that epoch."""
+    cfg = EvalConfig(epochs=4, batch_size=8, lr=3e-2)
+    res = finetune_classifier(ToyEncoder(), toy_records(10), toy_records(4, seed=1), cfg,
+                              num_classes=3, mode="full", select=("val", "test"))  # fmt: skip
+    h = res.history
+    for sel in ("val", "test"):
+        assert res.best_epochs[sel] == int(h["epoch"].iloc[int(np.argmax(h[f"{sel}_acc"]))])
+    assert res.select == "val" and res.best_epoch == res.best_epochs["val"]
+    assert res.accuracy == pytest.approx(res.accuracy_at("val"))  # reloaded weights re-scored
+    assert res.accuracy_at("test") == pytest.approx(h["test_acc"].max())
+    assert res.last_accuracy == pytest.approx(h["test_acc"].iloc[-1])
 
 
 def test_classification_metrics_conventions():
@@ -253,22 +246,41 @@ def test_classification_metrics_conventions():
     assert 0.5 < m["auc"] <= 1.0
 
 
+def half_records(n: int, seed: int, size: int = 16) -> list[dict]:
+    """Easy segmentation: the bright left part (random width 5-11 px) is the mask."""
+    g, recs = torch.Generator().manual_seed(seed), []
+    for i in range(n):
+        mask = torch.zeros(size, size, dtype=torch.long)
+        mask[:, : int(torch.randint(5, 12, (1,), generator=g))] = 1
+        img = 0.2 * torch.rand(1, size, size, generator=g) + 0.7 * mask
+        recs.append({"image": img, "mask": mask, "has_mask": True, "label": 0,
+                     "patient_id": f"p{i}", "spacing": 1.0})  # fmt: skip
+    return recs
+
+
 def test_train_segmentation_frozen_learns_and_scores():
-    cfg = EvalConfig(epochs=3, batch_size=8)
-    enc = ToyEncoder()
-    res = train_segmentation(
-        enc,
-        toy_records(6),
-        toy_records(2, seed=1),
-        cfg,
-        num_classes=2,
-        mode="frozen",
-        select="val",
-        decoder=ToyDecoder(enc.feature_info, 2),
-    )
-    assert len(res.per_image) == 6 and {"dice", "iou", "hd95"} <= set(res.per_image.columns)
-    assert 0.0 <= res.dice <= 1.0 and res.predictions["pred"].shape == (6, 16, 16)
-    assert 0 <= res.best_epoch < 3
+    """On an easy case a decoder trained on frozen features beats the best constant prediction
+    (all foreground: Dice 2|G| / (N + |G|) per image) and its own untrained initialisation."""
+    torch.manual_seed(0)  # a frozen encoder whose stem features carry the brightness
+    enc, test = ToyEncoder(), half_records(8, 1)
+    optim = OptimConfig(optimizer="adam", lr=0.05, weight_decay=0.0, epochs=20, batch_size=8,
+                        drop_last=False)  # fmt: skip
+    dice = {}
+    for name, o in (("trained", optim), ("untrained", optim.replace(lr=1e-12, epochs=1))):
+        torch.manual_seed(0)  # the same decoder initialisation
+        dice[name] = train_segmentation(enc, half_records(16, 0), test, EvalConfig(), optim=o,
+                                        decoder=ToyDecoder(enc.feature_info, 2), select="last",
+                                        with_hd=False).dice  # fmt: skip
+    g = np.array([r["mask"].sum().item() for r in test])
+    all_fg = float(np.mean(2 * g / (16 * 16 + g)))
+    assert dice["trained"] > max(0.9, all_fg + 0.2, dice["untrained"] + 0.2), (dice, all_fg)
+    torch.manual_seed(0)
+    res = train_segmentation(enc, half_records(16, 0), test, EvalConfig(), optim=optim,
+                             decoder=ToyDecoder(enc.feature_info, 2), select="val")  # fmt: skip
+    assert len(res.per_image) == 8 and {"dice", "iou", "hd95"} <= set(res.per_image.columns)
+    assert res.predictions["pred"].shape == (8, 16, 16)
+    h = res.history
+    assert res.best_epoch == int(h["epoch"].iloc[int(np.argmax(h["val_dice"]))])
 
 
 def test_head_circumference_errors():
@@ -351,8 +363,8 @@ def test_repository_readme_agrees_with_published_tables():
 
 
 def test_adapter_resizes_fixed_size_encoders_and_normalises():
-    from uslib.evaluation.discovery import EncoderAdapter, adapt_encoder
     from uslib.models import create_backbone
+    from uslib.models.adapter import EncoderAdapter, adapt_encoder
 
     enc = ToyEncoder().eval()
     assert adapt_encoder(enc, 16) is enc  # accepts any size, no norm: no adapter
@@ -377,22 +389,22 @@ def test_cached_feature_maps_train_the_same_decoder_as_end_to_end():
             cache_features=cached, with_hd=False,
         )  # fmt: skip
         out[cached] = res
-    for k, v in out[True].model.decoder.state_dict().items():
-        torch.testing.assert_close(v, out[False].model.decoder.state_dict()[k], atol=1e-5, rtol=0)
+    for k, v in out[True].model.head.state_dict().items():
+        torch.testing.assert_close(v, out[False].model.head.state_dict()[k], atol=1e-5, rtol=0)
     assert out[True].best_epoch == out[False].best_epoch
     assert out[True].dice == pytest.approx(out[False].dice, abs=1e-6)
 
 
 def test_epoch_batchnorm_statistics_in_trainable_modes():
     bn = lambda m: m.backbone.stem[1]  # noqa: E731
-    assert bn(ClassifierMethod(ToyEncoder(), 3, "partial")).momentum is None
-    assert bn(ClassifierMethod(ToyEncoder(), 3, "full")).momentum is None
-    assert bn(ClassifierMethod(ToyEncoder(), 3, "linear")).momentum == 0.1  # eval mode anyway
-    assert bn(ClassifierMethod(ToyEncoder(), 3, "partial", bn_stats="ema")).momentum == 0.1
+    assert bn(classifier(ToyEncoder(), "partial")).momentum is None
+    assert bn(classifier(ToyEncoder(), "full")).momentum is None
+    assert bn(classifier(ToyEncoder(), "frozen")).momentum == 0.1  # eval mode anyway
+    assert bn(classifier(ToyEncoder(), "partial", bn_stats="ema")).momentum == 0.1
     with pytest.raises(ValueError, match="bn_stats"):
-        ClassifierMethod(ToyEncoder(), 3, bn_stats="cumulative")
+        classifier(ToyEncoder(), bn_stats="cumulative")
     # within an epoch the running mean is the mean of the batch means; a new epoch starts afresh
-    m = ClassifierMethod(ToyEncoder(), 3, "partial")
+    m = classifier(ToyEncoder(), "partial")
     batch = lambda x: {"image": x, "label": torch.zeros(len(x), dtype=torch.long)}  # noqa: E731
 
     def epoch(offsets):
@@ -415,7 +427,6 @@ def test_epoch_batchnorm_statistics_in_trainable_modes():
 def test_epoch_batchnorm_statistics_resume_exactly(tmp_path):
     """Interrupted mid-epoch and at an epoch boundary, a resumed run ends with the same weights
     and BatchNorm statistics as an uninterrupted one."""
-    from uslib.config import OptimConfig
     from uslib.engine import fit
 
     opt = OptimConfig(optimizer="adam", lr=1e-2, epochs=3, batch_size=4, checkpoint_every=1)
@@ -423,7 +434,7 @@ def test_epoch_batchnorm_statistics_resume_exactly(tmp_path):
     def run(folder, stops=()):
         for stop in (*stops, None):
             torch.manual_seed(0)
-            m = ClassifierMethod(ToyEncoder(), 3, "full")
+            m = classifier(ToyEncoder(), "full")
             fit(m, toy_records(4), opt, run_dir=tmp_path / folder, stop_at_step=stop,
                 collate_fn=collate_records, progress=False)  # fmt: skip
         return m.state_dict()
@@ -481,3 +492,45 @@ def test_real_tasks_keep_shipped_patient_folds(shared_data):
             assert not set(t.groups[tr]) & set(t.groups[te])
     assert tasks["pocus"].num_classes == 3 and set(tasks["pocus"].labels) <= {0, 1, 2}
     assert all(r["spacing"] > 0 for r in tasks["hc18"].records)
+
+
+def _toy_task(n_per_class: int = 8, folds: int = 2):
+    from uslib.data.splits import fold_pairs, grouped_kfold
+    from uslib.evaluation.tasks import EvalTask
+
+    task = EvalTask("toy", "classification", "synthetic:toy", toy_records(n_per_class), 3,
+                    ("a", "b", "c"))  # fmt: skip
+    task.folds = fold_pairs(grouped_kfold(task.groups, folds, seed=0, labels=task.labels))
+    return task
+
+
+def test_evaluate_is_one_call_per_registered_protocol():
+    from uslib.evaluation import evaluate, list_protocols
+
+    assert set(list_protocols()) == {"linear_probe", "knn", "partial_ft", "uscl_pocus",
+                                     "supervised", "segmentation"}  # fmt: skip
+    task, enc = _toy_task(), ToyEncoder()
+    out = evaluate(enc, task, "knn", k=3, n_boot=10).results
+    feats = extract_features(enc, task.records)
+    knn = lambda tr, te: knn_classify(feats.subset(tr), feats.subset(te), k=3, num_classes=3)  # noqa: E731
+    expected = np.mean([knn(tr, te).accuracy for tr, te in task.folds])
+    acc = out[out["metric"] == "accuracy"].iloc[0]
+    assert acc["value"] == pytest.approx(expected) and acc["protocol"] == "kNN"
+    assert acc["n_folds"] == 2 and acc["n_test"] == len(task.records)
+    assert acc["ci_low"] <= acc["ci_high"]
+    with pytest.raises(KeyError, match="protocol"):
+        evaluate(enc, task, "no_such_protocol")
+
+
+def test_uscl_pocus_protocol_through_evaluate_reports_both_rules():
+    from uslib.evaluation import evaluate
+
+    ev = evaluate(ToyEncoder(), _toy_task(), "uscl_pocus", cfg=EvalConfig(epochs=2, batch_size=8),
+                  n_folds=1)  # fmt: skip
+    assert set(ev.results["protocol"]) == {"partial FT, best test epoch (USCL)",
+                                           "partial FT, val-selected epoch",
+                                           "partial FT, last epoch"}  # fmt: skip
+    per_fold = ev.extras["per_fold"]
+    assert per_fold["select"].tolist() == ["test", "val"]  # one run per rule (paper: not shared)
+    test = ev.results[ev.results["protocol"].str.contains("best test")]["value"].iloc[0]
+    assert test == pytest.approx(per_fold["accuracy"].iloc[0])

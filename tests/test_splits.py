@@ -12,6 +12,7 @@ import pytest
 from uslib.data.splits import (
     SplitLeakError,
     check_no_crossing,
+    fold_pairs,
     grouped_kfold,
     split_table,
     train_val_test_split,
@@ -69,6 +70,22 @@ def test_kfold_gives_one_fold_id_per_row_and_no_empty_fold(rows):
         assert folds.shape == (len(groups),) and folds.dtype == np.int64
         assert set(folds.tolist()) == set(range(k))  # ids 0..k-1, every fold used
         check_no_crossing(groups, folds)
+
+
+def test_fold_pairs_partition_rows_by_fold_id():
+    fold = np.array([2, 0, 1, 0, 2, 2])  # hand-made fold ids
+    pairs = fold_pairs(fold)
+    assert [te.tolist() for _, te in pairs] == [[1, 3], [2], [0, 4, 5]]
+    assert [tr.tolist() for tr, _ in pairs] == [[0, 2, 4, 5], [0, 1, 3, 4, 5], [1, 2, 3]]
+
+
+def test_fold_pairs_of_grouped_kfold_keep_groups_apart(rows):
+    groups, labels = rows
+    pairs = fold_pairs(grouped_kfold(groups, 4, seed=1, labels=labels))
+    assert len(pairs) == 4
+    assert sorted(np.concatenate([te for _, te in pairs])) == list(range(len(groups)))
+    for tr, te in pairs:
+        assert not set(groups[tr]) & set(groups[te])
 
 
 def test_kfold_needs_enough_groups():

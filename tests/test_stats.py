@@ -1,4 +1,4 @@
-"""Tests of uslib.evaluation.stats: grouped folds, mean/std, bootstrap CIs, label fractions."""
+"""Tests of uslib.evaluation.stats: grouped hold-out, mean/std, bootstrap CIs, label fractions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from uslib.evaluation.stats import (
     bootstrap_ci,
     format_mean_std,
     grouped_holdout,
-    grouped_kfold,
     label_fraction_subsets,
     mean_std,
 )
@@ -27,77 +26,6 @@ def _toy(n_groups: int = 40, per_group: int = 5, seed: int = 0):
     return labels, groups
 
 
-def _check_partition(folds, groups, n_splits):
-    """Every item in exactly one test fold, train = the rest, no group on both sides."""
-    assert len(folds) == n_splits
-    all_test = np.concatenate([te for _, te in folds])
-    assert sorted(all_test) == list(range(len(groups)))  # each item tested exactly once
-    for tr, te in folds:
-        assert len(te) > 0
-        assert np.array_equal(tr, np.sort(tr)) and np.array_equal(te, np.sort(te))
-        assert np.array_equal(np.union1d(tr, te), np.arange(len(groups)))
-        assert len(np.intersect1d(tr, te)) == 0
-        assert not set(groups[tr]) & set(groups[te])
-
-
-@pytest.mark.parametrize("with_labels", [True, False])
-def test_grouped_kfold_partitions_without_splitting_groups(with_labels):
-    labels, groups = _toy()
-    folds = grouped_kfold(groups, 5, labels=labels if with_labels else None, seed=1)
-    _check_partition(folds, groups, 5)
-
-
-def test_grouped_kfold_is_the_fold_id_form_of_data_splits():
-    labels, groups = _toy()
-    for lab in (labels, None):
-        fold = splits.grouped_kfold(groups, 5, seed=2, labels=lab)
-        pairs = grouped_kfold(groups, 5, labels=lab, seed=2)
-        for k, (tr, te) in enumerate(pairs):
-            np.testing.assert_array_equal(te, np.flatnonzero(fold == k))
-            np.testing.assert_array_equal(tr, np.flatnonzero(fold != k))
-
-
-def test_grouped_kfold_is_deterministic_by_seed():
-    labels, groups = _toy()
-    a = grouped_kfold(groups, 5, labels=labels, seed=3)
-    b = grouped_kfold(groups, 5, labels=labels, seed=3)
-    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
-    c = grouped_kfold(groups, 5, labels=labels, seed=4)
-    assert any(not np.array_equal(x[1], y[1]) for x, y in zip(a, c))
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_grouped_kfold_balances_classes(seed):
-    """Per-class counts of the test folds differ by at most one group (5 items)."""
-    labels, groups = _toy(seed=seed)
-    folds = grouped_kfold(groups, 5, labels=labels, seed=seed)
-    counts = np.array([np.bincount(labels[te], minlength=3) for _, te in folds])
-    assert (counts.max(0) - counts.min(0) <= 5).all(), counts
-    sizes = counts.sum(1)
-    assert sizes.max() - sizes.min() <= 5
-
-
-def test_grouped_kfold_with_as_many_folds_as_groups():
-    _, groups = _toy(n_groups=4)
-    folds = grouped_kfold(groups, 4, seed=0)
-    _check_partition(folds, groups, 4)
-    assert sorted(len(set(groups[te])) for _, te in folds) == [1, 1, 1, 1]
-
-
-def test_grouped_kfold_rejects_bad_input():
-    _, groups = _toy(n_groups=6)
-    with pytest.raises(ValueError, match="n_splits"):
-        grouped_kfold(groups, 7)
-    with pytest.raises(ValueError, match="n_splits"):
-        grouped_kfold(groups, 1)
-    with pytest.raises(ValueError, match="non-empty 1-D"):
-        grouped_kfold([], 2)
-    with pytest.raises(ValueError, match="non-empty 1-D"):
-        grouped_kfold(groups.reshape(2, -1), 2)
-    with pytest.raises(ValueError, match="differ in length"):
-        grouped_kfold(groups, 2, labels=[0, 1])
-
-
 def test_grouped_holdout_fraction_and_groups():
     labels, groups = _toy(n_groups=50)
     tr, va = grouped_holdout(groups, 0.2, labels=labels, seed=0)
@@ -105,7 +33,8 @@ def test_grouped_holdout_fraction_and_groups():
     np.testing.assert_array_equal(np.union1d(tr, va), np.arange(len(groups)))
     assert 0.1 < len(va) / len(groups) < 0.3
     # built on the grouped k-fold: the first test fold of round(1 / 0.2) = 5 folds
-    np.testing.assert_array_equal(va, grouped_kfold(groups, 5, labels=labels, seed=0)[0][1])
+    fold = splits.grouped_kfold(groups, 5, seed=0, labels=labels)
+    np.testing.assert_array_equal(va, np.flatnonzero(fold == 0))
     with pytest.raises(ValueError, match="val_fraction"):
         grouped_holdout(groups, 0.9)
 

@@ -98,6 +98,16 @@ def grouped_kfold(
     return _greedy(groups, targets, seed, labels)
 
 
+def fold_pairs(fold: Sequence[int] | np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(train_idx, test_idx), ...]`` per fold id in ascending order, from one fold id per row.
+
+    Turns the output of :func:`grouped_kfold` (or a layout's shipped ``fold`` column) into the
+    index pairs the evaluation protocols loop over: fold ``k`` is the test part of pair ``k``.
+    """
+    f = np.asarray(fold)
+    return [(np.flatnonzero(f != k), np.flatnonzero(f == k)) for k in np.unique(f)]
+
+
 def train_val_test_split(
     groups: Sequence[Any],
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 import torch
+from torch import nn
 
 from uslib.config import ConfigBase, EvalConfig
 from uslib.evaluation import protocols
@@ -50,6 +51,7 @@ class BenchmarkConfig(ConfigBase):
     knn_k: int = 10
     bootstrap: int = 200
     finetune_tasks: tuple[str, ...] = ("lung",)
+    finetune_augment: bool = False  # USCL's crop + flip in partial FT (notebook 02 uses it)
     supervised_tasks: tuple[str, ...] = ("lung",)
     finetune: EvalConfig = field(
         default_factory=lambda: EvalConfig(epochs=1, lr=1e-2, weight_decay=1e-4, batch_size=16)
@@ -165,45 +167,31 @@ def _evaluate_encoder(
     cache_dir: Path | None,
     extras: dict,
 ) -> list[dict]:
+    """Every protocol of ``cfg`` for one encoder (features extracted once per task, cached)."""
     enc = entry.build(cfg.seed, img_size=cfg.img_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows: list[dict] = []
-    kw = {"profile": profile, "seed": cfg.seed}
+    kw = {"entry": entry, "profile": profile, "seed": cfg.seed, "n_boot": cfg.bootstrap}
     for task in tasks:
         if task.kind == "classification":
             split_id = f"{task.data}:n{len(task.records)}:s{cfg.img_size}:seed{cfg.seed}"
-            feats = extract_features(
-                enc,
-                task.records,
-                device=device,
-                cache_dir=cache_dir,
-                checkpoint_id=_checkpoint_id(entry, cfg.seed),
-                split_id=split_id,
+            ckpt = _checkpoint_id(entry, cfg.seed)
+            feats = extract_features(enc, task.records, device=device, cache_dir=cache_dir,
+                                     checkpoint_id=ckpt, split_id=split_id)  # fmt: skip
+            r, ex = protocols.linear_probe_protocol(
+                enc, task, features=feats, fractions=cfg.label_fractions, **kw
             )
-            r, ex = protocols.probe_rows(
-                feats,
-                task,
-                entry,
-                fractions=cfg.label_fractions,
-                knn_k=cfg.knn_k,
-                n_boot=cfg.bootstrap,
-                **kw,
-            )
+            r += protocols.knn_protocol(enc, task, features=feats, k=cfg.knn_k, **kw)[0]
             if task.name in cfg.finetune_tasks:
-                r += protocols.partial_rows(
-                    enc, task, entry, cfg.finetune, n_folds=cfg.ft_folds, **kw
-                )
+                r += protocols.partial_ft_protocol(
+                    enc, task, cfg=cfg.finetune, n_folds=cfg.ft_folds, augment=cfg.finetune_augment,
+                    entry=entry, profile=profile, seed=cfg.seed,
+                )[0]  # fmt: skip
         else:
-            r, ex = protocols.segmentation_rows(
-                enc,
-                task,
-                entry,
-                cfg.seg,
-                n_folds=cfg.seg_folds,
-                fractions=cfg.seg_label_fractions,
-                n_boot=cfg.bootstrap,
+            r, ex = protocols.segmentation_protocol(
+                enc, task, cfg=cfg.seg, n_folds=cfg.seg_folds, fractions=cfg.seg_label_fractions,
                 **kw,
-            )
+            )  # fmt: skip
         rows += r
         extras[(entry.name, task.key)] = ex
     return rows
@@ -215,9 +203,10 @@ def _evaluate_supervised(
     rows: list[dict] = []
     for task in tasks:
         if task.name in cfg.supervised_tasks and task.kind == "classification":
-            rows += protocols.supervised_rows(
-                entry, task, cfg.supervised, n_folds=cfg.sup_folds, profile=profile, seed=cfg.seed
-            )
+            rows += protocols.supervised_protocol(
+                nn.Identity(), task, entry=entry, profile=profile, seed=cfg.seed,
+                cfg=cfg.supervised, n_folds=cfg.sup_folds,
+            )[0]  # fmt: skip
     return rows
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from uslib.evaluation.records import collate_records
+from uslib.data.collate import collate_records
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from uslib.config import OptimConfig
 from uslib.evaluation.features import Features
+from uslib.evaluation.heads import HeadModel, fit_head, predict
 from uslib.evaluation.metrics import classification_metrics, confusion_matrix
-from uslib.methods.base import Method
 
 OPENUS_LINEAR_OPTIM = OptimConfig(
     optimizer="sgd",
@@ -73,24 +72,6 @@ def _result(y_true: np.ndarray, proba: np.ndarray, num_classes: int) -> ProbeRes
     return ProbeResult(m["accuracy"], m, y_true, y_pred, proba, cm)
 
 
-class _LinearHead(Method):
-    """A linear classifier on precomputed features, trained by ``engine.fit``."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.head = nn.Linear(dim, num_classes)
-        nn.init.normal_(self.head.weight, std=0.01)  # OpenUS eval_linear.py init (notes §1.5)
-        nn.init.zeros_(self.head.bias)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        return {"loss": nn.functional.cross_entropy(self.head(x), y)}
-
-    @property
-    def encoder(self) -> nn.Module:
-        return nn.Identity()
-
-
 def _fit_linear_layer(
     xtr: np.ndarray,
     ytr: np.ndarray,
@@ -99,14 +80,15 @@ def _fit_linear_layer(
     optim: OptimConfig,
     seed: int,
 ) -> np.ndarray:
-    from uslib.engine import fit  # the one training loop (lazy import: heavy, accelerate)
-
-    head = _LinearHead(xtr.shape[1], num_classes)
-    data = TensorDataset(torch.from_numpy(xtr).float(), torch.from_numpy(ytr).long())
-    fit(head, data, optim, seed=seed, progress=False)
-    head.cpu().eval()  # accelerate may have moved it to the GPU
-    with torch.no_grad():
-        return torch.softmax(head.head(torch.from_numpy(xte).float()), 1).numpy()
+    """(N_test, C) probabilities of one ``nn.Linear`` trained on features by ``heads.fit_head``."""
+    head = nn.Linear(xtr.shape[1], num_classes)
+    nn.init.normal_(head.weight, std=0.01)  # OpenUS eval_linear.py init (notes §1.5)
+    nn.init.zeros_(head.bias)
+    feats = lambda x, y: [{"feats": torch.from_numpy(a).float(), "label": int(b)}  # noqa: E731
+                          for a, b in zip(x, y)]  # fmt: skip
+    model = fit_head(HeadModel(head), feats(xtr, ytr), optim, num_classes=num_classes,
+                     seed=seed, collate_fn=None).model  # fmt: skip
+    return predict(model.cpu(), feats(xte, np.zeros(len(xte))))["proba"]
 
 
 def linear_probe(

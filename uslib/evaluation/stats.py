@@ -1,5 +1,5 @@
-"""Splits and statistics of the evaluation harness: grouped folds, mean +- std, bootstrap CIs, and
-nested label-efficiency subsets.
+"""Statistics of the evaluation harness: a grouped hold-out split, mean +- std, bootstrap CIs, and
+nested label-efficiency subsets (grouped k-fold itself is ``uslib.data.splits.grouped_kfold``).
 
 Every split here is grouped (by patient or video, ``uslib.data.schema.group_of``), never by frame,
 so near-identical frames of one patient never sit on both sides of a split (ARCHITECTURE.md,
@@ -25,44 +25,6 @@ def _as_groups(groups: Sequence[str] | np.ndarray) -> np.ndarray:
     if g.ndim != 1 or len(g) == 0:
         raise ValueError(f"groups must be a non-empty 1-D sequence, got shape {g.shape}")
     return g.astype(str)
-
-
-def grouped_kfold(
-    groups: Sequence[str] | np.ndarray,
-    n_splits: int,
-    *,
-    labels: Sequence[int] | np.ndarray | None = None,
-    seed: int = 0,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Patient/video-grouped k-fold splits as index pairs, class-balanced when ``labels`` are given.
-
-    A thin adapter over :func:`uslib.data.splits.grouped_kfold`, the one grouped k-fold algorithm
-    of ``uslib`` (greedy, seeded dealing of whole groups), whose fold id per row it turns into
-    ``(train_idx, test_idx)`` pairs.
-
-    Args:
-        groups: (N,) group id per item (patient or video).
-        n_splits: number of folds k (at least 2, at most the number of groups).
-        labels: (N,) class per item; when given, folds are balanced per class (by each group's
-            majority class) as well as by size.
-        seed: order in which groups are dealt; same seed, same folds.
-
-    Returns:
-        k pairs ``(train_idx, test_idx)`` of sorted int arrays; every item is in exactly one test
-        fold, no group is split, and no test fold is empty.
-
-    Ref: USCL §B.8 (POCUS 5 folds), OpenUS §1.5 (TN3K / BUS-BRA 5 folds).
-    """
-    g = _as_groups(groups)
-    n_groups = len(np.unique(g))
-    if not 2 <= n_splits <= n_groups:
-        raise ValueError(
-            f"n_splits={n_splits} needs 2 <= n_splits <= number of groups ({n_groups})"
-        )
-    if labels is not None and len(labels) != len(g):
-        raise ValueError(f"labels ({len(labels)}) and groups ({len(g)}) differ in length")
-    fold = data_splits.grouped_kfold(g, n_splits, seed=seed, labels=labels)
-    return [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(n_splits)]
 
 
 def grouped_holdout(
@@ -92,7 +54,8 @@ def grouped_holdout(
     k = min(max(2, round(1.0 / val_fraction)), len(np.unique(g)))
     if k < 2:
         raise ValueError("a grouped hold-out split needs at least 2 groups")
-    return grouped_kfold(g, k, labels=labels, seed=seed)[0]
+    fold = data_splits.grouped_kfold(g, k, seed=seed, labels=labels)
+    return np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
 
 
 def mean_std(values: Sequence[float] | np.ndarray, ddof: int = 1) -> tuple[float, float]:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from uslib.data.schema import group_of
-from uslib.evaluation.stats import grouped_kfold, label_fraction_subsets
+from uslib.data.splits import fold_pairs, grouped_kfold
+from uslib.evaluation.stats import label_fraction_subsets
 
 CLASSIFICATION_TASKS: tuple[str, ...] = ("lung", "breast", "liver")
 SEGMENTATION_TASKS: tuple[str, ...] = ("breast", "fetal_head")
@@ -56,6 +57,11 @@ class EvalTask:
         return np.array([group_of(r) for r in self.records])
 
     @property
+    def img_size(self) -> int:
+        """Image side of the (square) records."""
+        return int(self.records[0]["image"].shape[-1])
+
+    @property
     def key(self) -> str:
         """``"<name>/<kind>"``: unique within a benchmark."""
         return f"{self.name}/{self.kind[:3]}"
@@ -72,7 +78,7 @@ def _materialise(ds: Any) -> list[dict[str, Any]]:
 
 def _with_folds(task: EvalTask, n_folds: int, seed: int) -> EvalTask:
     labels = task.labels if task.kind == "classification" else None
-    task.folds = grouped_kfold(task.groups, n_folds, labels=labels, seed=seed)
+    task.folds = fold_pairs(grouped_kfold(task.groups, n_folds, seed=seed, labels=labels))
     return task
 
 
@@ -118,9 +124,7 @@ def _cap(items: list[dict[str, Any]], max_items: int | None, seed: int) -> list[
 
 
 def _fold_pairs(items: Sequence[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    fold = np.array([int(it["meta"]["fold"]) for it in items])
-    idx = np.arange(len(items))
-    return [(idx[fold != k], idx[fold == k]) for k in sorted(set(fold))]
+    return fold_pairs([int(it["meta"]["fold"]) for it in items])
 
 
 def real_tasks(
@@ -134,39 +138,25 @@ def real_tasks(
     """Real tasks found under ``data_root``: POCUS (3-class) and HC18 (head segmentation).
 
     Both keep their shipped patient-grouped folds (``meta["fold"]``); ``max_items`` caps each set
-    by whole patients (stratified) for quick profiles.
+    by whole patients (stratified) for quick profiles. POCUS frames are stretched to the square
+    (USCL's ``Resize((S, S))``, the one POCUS convention, ``pocus`` module); HC18 is padded (its
+    head circumference needs the aspect ratio kept).
     """
     from uslib.data.manifest import find_real_sets
     from uslib.data.sources import POCUS_CLASSES, RecordDataset, hc18_items, pocus_items
 
     found, out = find_real_sets(data_root), []
-    if "pocus" in found:
+    if "pocus" in found:  # stretched, as in USCL's protocol (``pocus.POCUS_RESIZE``)
         items = _cap(pocus_items(found["pocus"], "frames"), max_items, seed)
         names = tuple(k for k, v in sorted(POCUS_CLASSES.items(), key=lambda kv: kv[1]))[:3]
-        recs = _materialise(RecordDataset(items, img_size))
-        out.append(
-            EvalTask(
-                "pocus",
-                "classification",
-                "real:pocus",
-                recs,
-                3,
-                names,
-                _fold_pairs(items)[:max_folds],
-            )
-        )
+        recs = _materialise(RecordDataset(items, img_size, resize="stretch"))
+        folds = _fold_pairs(items)[:max_folds]
+        out.append(EvalTask("pocus", "classification", "real:pocus", recs, 3, names, folds))
     if "hc18" in found:
         items = _cap(hc18_items(found["hc18"]), max_items, seed)
         recs = _materialise(RecordDataset(items, img_size))
+        folds = _fold_pairs(items)[:max_folds]
         out.append(
-            EvalTask(
-                "hc18",
-                "segmentation",
-                "real:hc18",
-                recs,
-                2,
-                ("background", "head"),
-                _fold_pairs(items)[:max_folds],
-            )
+            EvalTask("hc18", "segmentation", "real:hc18", recs, 2, ("background", "head"), folds)
         )
     return out

@@ -1,4 +1,5 @@
-"""Record plumbing for evaluation: batching, cheap per-item indexes, and transformed views.
+"""Record plumbing: batching, cheap per-item indexes, transformed views and subsets of record
+datasets (used by evaluation and by any trainer on records).
 
 Datasets here are anything indexable that returns records of ``uslib.data.schema`` (a list of dicts
 works too).
