@@ -210,6 +210,16 @@ def _evaluate_supervised(
     return rows
 
 
+def _cost(baselines: list[EncoderEntry], cfg: BenchmarkConfig) -> pd.DataFrame:
+    """Cost rows of one random-init encoder per architecture."""
+    archs = {e.architecture: e for e in baselines}
+    return cost_table(
+        {a: e.build(cfg.seed, img_size=cfg.img_size) for a, e in archs.items()},
+        cfg.img_size,
+        flops_img_size=cfg.cost_img_size,
+    )
+
+
 def run_benchmark(
     cfg: BenchmarkConfig,
     *,
@@ -262,12 +272,7 @@ def run_benchmark(
             rows += _evaluate_encoder(entry, tasks, cfg, profile, cache, extras)
         seconds[entry.name] = time.perf_counter() - t1
         log(f"{entry.name}: {seconds[entry.name]:.0f} s")
-    archs = {e.architecture: e for e in baselines}
-    cost = cost_table(
-        {a: e.build(cfg.seed, img_size=cfg.img_size) for a, e in archs.items()},
-        cfg.img_size,
-        flops_img_size=cfg.cost_img_size,
-    )
+    cost = _cost(baselines, cfg)
     seconds["total"] = time.perf_counter() - t0
     return BenchmarkResult(
         results=results_frame(rows),

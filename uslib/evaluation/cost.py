@@ -68,7 +68,8 @@ def cost_row(
         encoder: the backbone.
         img_size: image side for the throughput measurement.
         flops_img_size: image side for GFLOPs (default ``img_size``; the papers quote 224);
-            encoders fixed to one size (``uslib.models.adapter.EncoderAdapter``) are counted at that size.
+            encoders fixed to one size (``uslib.models.adapter.EncoderAdapter``) are counted at
+            that size.
         batch_size: throughput batch.
 
     Returns:

@@ -21,7 +21,7 @@ from torch import nn
 
 from uslib.config import EvalConfig, OptimConfig
 from uslib.data.collate import RecordTransform, TransformedDataset
-from uslib.evaluation.heads import HeadModel, fit_head, holdout, predict
+from uslib.evaluation.heads import HeadFit, HeadModel, fit_head, holdout, predict
 from uslib.evaluation.metrics import classification_metrics, confusion_matrix
 
 FINETUNE_MODES: tuple[str, ...] = ("linear", "partial", "full")
@@ -168,12 +168,17 @@ def finetune_classifier(
     fitted = fit_head(
         model, train, opt, num_classes=num_classes, score_on=sets, select=selects, seed=seed
     )
-    pred = predict(fitted.load(selects[0]), test_ds)
+    return _result(fitted, test_ds, selects[0], num_classes)
+
+
+def _result(fitted: HeadFit, test_ds: Any, select: str, num_classes: int) -> FinetuneResult:
+    """Test predictions of the weights ``select`` kept, as a ``FinetuneResult``."""
+    pred = predict(fitted.load(select), test_ds)
     y_true, proba = pred["label"], pred["proba"]
     y_pred = proba.argmax(1)
     metrics = classification_metrics(y_true, y_pred, num_classes, proba=proba)
     return FinetuneResult(
-        metrics["accuracy"], fitted.best_epoch[selects[0]], selects[0], fitted.history,
+        metrics["accuracy"], fitted.best_epoch[select], select, fitted.history,
         confusion_matrix(y_true, y_pred, num_classes), y_true, y_pred, proba, metrics,
         fitted.model, fitted.best_epoch,
     )  # fmt: skip

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from uslib.config import EvalConfig, OptimConfig
 from uslib.data.collate import RecordTransform, TransformedDataset, collate_records
 from uslib.evaluation.finetune import TINYUSFM_FULL_OPTIM
-from uslib.evaluation.heads import HeadModel, fit_head, holdout, predict
+from uslib.evaluation.heads import HeadFit, HeadModel, fit_head, holdout, predict
 from uslib.evaluation.seg_metrics import DEFAULT_EMPTY, score_masks
 
 SEG_MODES: tuple[str, ...] = ("frozen", "full")
@@ -95,6 +95,20 @@ def cache_feature_maps(encoder: nn.Module, dataset: Any, batch_size: int = 32) -
     return out
 
 
+def _fit_decoder(
+    model: HeadModel, train_ds: Any, sets: dict[str, Any], opt: OptimConfig, *, c: int,
+    chosen: tuple, seed: int, transform: RecordTransform | None, cached: bool,
+) -> HeadFit:  # fmt: skip
+    """``fit_head`` end to end, or (``cached``) of the decoder alone on cached feature maps."""
+    if not cached:
+        train = TransformedDataset(train_ds, transform)
+        return fit_head(model, train, opt, num_classes=c, score_on=sets, select=chosen, seed=seed)
+    on_maps = HeadModel(model.head, dense=True)  # shares the decoder with ``model``
+    maps = {k: cache_feature_maps(model.backbone, d) for k, d in sets.items()}
+    return fit_head(on_maps, cache_feature_maps(model.backbone, train_ds), opt, num_classes=c,
+                    score_on=maps, select=chosen, seed=seed, collate_fn=None)  # fmt: skip
+
+
 def train_segmentation(
     encoder: nn.Module,
     train_ds: Any,
@@ -153,15 +167,9 @@ def train_segmentation(
     model = HeadModel(decoder, enc, mode=mode, dense=True)
     opt = optim or default_seg_optim(cfg, mode)
     chosen = () if select == "last" else (select,)
-    if mode == "frozen" and cache_features and train_transform is None:
-        on_maps = HeadModel(decoder, dense=True)  # shares the decoder with ``model``
-        maps = {k: cache_feature_maps(enc, d) for k, d in sets.items()}
-        fitted = fit_head(on_maps, cache_feature_maps(enc, train_ds), opt, num_classes=num_classes,
-                          score_on=maps, select=chosen, seed=seed, collate_fn=None)  # fmt: skip
-    else:
-        train = TransformedDataset(train_ds, train_transform)
-        fitted = fit_head(model, train, opt, num_classes=num_classes, score_on=sets,
-                          select=chosen, seed=seed)  # fmt: skip
+    cached = mode == "frozen" and cache_features and train_transform is None
+    fitted = _fit_decoder(model, train_ds, sets, opt, c=num_classes, chosen=chosen, seed=seed,
+                          transform=train_transform, cached=cached)  # fmt: skip
     fitted.load(chosen[0] if chosen else "last")
     model.to(next(decoder.parameters()).device)
     pred = predict(model, test_ds, batch_size=32)
