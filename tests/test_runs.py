@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -124,3 +125,28 @@ def test_wrong_shape_weights_name_file_and_key(tmp_path) -> None:
     (tmp_path / "encoder.yaml").write_text("backbone: resnet18_smoke\nkwargs: {in_chans: 1}\n")
     with pytest.raises(CheckpointError, match=r"(?s)encoder\.safetensors.*conv1\.weight"):
         runs.load_encoder(tmp_path / "encoder.yaml")
+
+
+def test_load_encoder_applies_input_norm_like_notebook_07(tmp_path) -> None:
+    """Features from ``load_encoder`` + ``extract_features`` equal 07's for the same encoder."""
+    from uslib.config import DataConfig
+    from uslib.data.synthetic import SyntheticStills
+    from uslib.evaluation import extract_features
+    from uslib.evaluation.discovery import discover_checkpoints
+    from uslib.models import create_backbone
+
+    torch.manual_seed(0)
+    enc = create_backbone("resnet18_smoke", in_chans=1)
+    run_dir = tmp_path / "papermill_runs" / "cpu" / "02_x"
+    run = runs.start("02_x", None, profile="cpu", out_dir=run_dir, verbose=False)
+    spec = {"backbone": "resnet18_smoke", "kwargs": {"in_chans": 1}, "input_norm": [0.5, 0.25]}
+    run.save_encoder(enc, spec)
+    data = SyntheticStills("lung", "test", 2, DataConfig(img_size=32))
+    loaded, _ = runs.load_encoder(run_dir / "checkpoints" / "encoder.yaml")
+    [entry] = discover_checkpoints("cpu", root=tmp_path)
+    ours = extract_features(loaded, data).x
+    theirs = extract_features(entry.build(img_size=32), data).x
+    np.testing.assert_array_equal(ours, theirs)
+    raw, _ = runs.load_encoder(run_dir / "checkpoints" / "encoder.yaml", raw=True)
+    unnormalised = extract_features(raw, data).x
+    assert not np.allclose(unnormalised, ours)  # the norm matters, so the test can fail

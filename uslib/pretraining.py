@@ -112,6 +112,6 @@ def pretrain(
         if method.select_on is None or not spec_path.is_file():  # keep the last epoch
             save(history.epochs[-1]["epoch"] if history.epochs else 0, method, math.nan)
     state.wait_for_everyone()
-    encoder, written = runs.load_encoder(spec_path)
+    encoder, written = runs.load_encoder(spec_path, raw=True)
     method.encoder.load_state_dict(encoder.state_dict())
     return PretrainResult(method, history, data, written, int(written["epoch"]))

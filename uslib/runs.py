@@ -260,11 +260,15 @@ def read_encoder_spec(spec_path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def load_encoder(spec_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_encoder(
+    spec_path: str | Path, *, raw: bool = False
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild an encoder saved by ``Run.save_encoder``; returns ``(module, spec)``.
 
-    The module is the raw backbone: it expects input already normalised with the spec's
-    ``input_norm`` (notebook 07 wraps it accordingly).
+    By default the module takes images in [0, 1] and applies the spec's recorded
+    ``input_norm`` itself (``uslib.models.adapter.EncoderAdapter``), so features extracted from
+    it match notebook 07's. ``raw=True`` gives the bare backbone, which expects input already
+    normalised (for loading weights into a method).
 
     Raises:
         FileNotFoundError: the spec or weights file is missing (the path is named).
@@ -288,4 +292,8 @@ def load_encoder(spec_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
         raise CheckpointError(
             f"{weights} does not fit {spec['backbone']}({spec['kwargs']}) from {spec_path}: {err}"
         ) from err
-    return model, spec
+    if raw or spec.get("input_norm") is None:
+        return model, spec
+    from uslib.models.adapter import adapt_encoder
+
+    return adapt_encoder(model, norm=tuple(spec["input_norm"])), spec

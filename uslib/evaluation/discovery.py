@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 
 from uslib.models.adapter import adapt_encoder
-from uslib.runs import ENCODER_SPEC, ENCODER_WEIGHTS, load_encoder, repo_root
+from uslib.runs import ENCODER_SPEC, ENCODER_WEIGHTS, load_encoder, read_encoder_spec, repo_root
 
 SOURCES: tuple[str, ...] = ("pretrained", "random", "supervised")
 
@@ -67,7 +67,7 @@ class EncoderEntry:
         if self.source == "pretrained":
             if self.spec_path is None:
                 raise ValueError(f"pretrained entry {self.name!r} has no spec_path")
-            enc = load_encoder(self.spec_path)[0]
+            enc = load_encoder(self.spec_path, raw=True)[0]
         else:
             torch.manual_seed(seed)
             enc = create_backbone(self.backbone, **self.kwargs)
@@ -123,9 +123,7 @@ def discover_checkpoints(profile: str, *, root: str | Path | None = None) -> lis
     for spec_path in sorted(base.glob(f"*/checkpoints/{ENCODER_SPEC}")):
         if not (spec_path.parent / ENCODER_WEIGHTS).is_file():
             continue
-        spec = yaml.safe_load(spec_path.read_text()) or {}
-        if "backbone" not in spec:
-            raise ValueError(f"{spec_path}: no 'backbone' key naming the architecture")
+        spec = read_encoder_spec(spec_path)  # names the file and the missing field
         run_dir = spec_path.parent.parent
         out.append(
             EncoderEntry(
