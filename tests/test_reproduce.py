@@ -117,6 +117,13 @@ def test_run_record_names_command_machine_and_seconds(tmp_path: Path) -> None:
     reproduce("smoke", notebooks_dir=src, out_dir=out, record=record)
     saved = json.loads((out / "reproduce.json").read_text())
     assert saved["make"] == "make reproduce PROFILE=smoke" and "01_a" in saved["notebooks"]
-    assert saved["total_s"] == saved["notebooks"]["01_a"] > 0
+    assert saved["total_s"] == saved["notebooks"]["01_a"]["seconds"] > 0
+    _notebook(src, "02_b.ipynb", "x = 2")  # a later --only run keeps 01's entry
+    reproduce(
+        "smoke", notebooks_dir=src, out_dir=out, only=["02"], record=run_record("smoke", None, [])
+    )
+    saved = json.loads((out / "reproduce.json").read_text())
+    assert set(saved["notebooks"]) == {"01_a", "02_b"}
+    assert saved["total_s"] == pytest.approx(sum(v["seconds"] for v in saved["notebooks"].values()))
     assert saved["machine"]["cpu_count"] >= 1 and saved["machine"]["matmul_gflops_fp32"] > 0
     assert 0 < matmul_gflops(n=64, repeats=1)

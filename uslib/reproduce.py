@@ -184,6 +184,27 @@ def run_record(profile: str, data_root: str | None, argv: Sequence[str]) -> dict
     }
 
 
+def _record_notebook(path: Path, record: dict[str, Any], stem: str, secs: float) -> None:
+    """Add one notebook's seconds (with this run's commit and load) to ``reproduce.json``.
+
+    Notebooks of an earlier record that this run does not re-run (``--only``) keep their entry,
+    each naming the commit and the command that made it.
+    """
+    import os
+
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    kept = {k: v for k, v in old.get("notebooks", {}).items() if isinstance(v, dict)}
+    record["notebooks"] = {**kept, **record["notebooks"]}
+    record["notebooks"][stem] = {
+        "seconds": round(secs, 1),
+        "git_sha": record["git_sha"],
+        "command": record["make"],
+        "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
+    }
+    record["total_s"] = round(sum(v["seconds"] for v in record["notebooks"].values()), 1)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def changed_tracked_files(paths: Sequence[Path]) -> list[str]:
     """Tracked files under ``paths`` that differ from the last commit (``git status``)."""
     import subprocess
@@ -230,9 +251,7 @@ def reproduce(
         print(f"  ok  {nb.name:<45} {secs:7.1f} s", flush=True)
         done.append((nb.name, secs))
         if record is not None:
-            record["notebooks"][nb.stem] = round(secs, 1)
-            record["total_s"] = round(sum(record["notebooks"].values()), 1)
-            (target / "reproduce.json").write_text(json.dumps(record, indent=2) + "\n")
+            _record_notebook(target / "reproduce.json", record, nb.stem, secs)
     return done
 
 
