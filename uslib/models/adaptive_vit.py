@@ -293,3 +293,18 @@ def spad_vit_base(**kwargs: Any) -> SPADViT:
 def spad_vit_large(**kwargs: Any) -> SPADViT:
     """SPAD-ViT-L (PUMIT): 1024 / 24 / 16, SwiGLU 2730. Ref: PUMIT notes §C.6."""
     return _spad(dict(embed_dim=1024, depth=24, num_heads=16), kwargs)
+
+
+@BACKBONES.register()
+def spad_tokenizer(**kwargs: Any) -> nn.Module:
+    """SPAD-VT tokenizer (``uslib.models.spad_tokenizer.SPADTokenizer``; paper size by default:
+    128/256/512, strides 4/2/2, 1024 x 512 soft codebook). Ref: PUMIT notes §C.5."""
+    from uslib.models.spad_tokenizer import SPADTokenizer
+
+    return SPADTokenizer(**kwargs)
+
+
+@BACKBONES.register()
+def spad_vit_cpu(**kwargs: Any) -> SPADViT:
+    """SPAD-ViT for the 2-core cpu profile: patch 16, 192 / 6 / 3, pos grid (2, 4, 4)."""
+    return _spad(dict(embed_dim=192, depth=6, num_heads=3, pos_grid=(2, 4, 4)), kwargs)
