@@ -409,3 +409,38 @@ def usfm_smoke(**kwargs: Any) -> USFMViT:
     """Tiny USFM-style BEiT for tests: 64 px (fixed grid), patch 8, dim 32, depth 2, 2 heads."""
     cfg = dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     return _build(USFMViT, cfg, kwargs)
+
+
+@BACKBONES.register()
+def vit_mae_smoke(**kwargs: Any) -> ViT:
+    """Tiny MAE-style ViT for tests (DMAE smoke student): 32 px, patch 4 (64 tokens), dim 32,
+    depth 4, 2 heads, fixed sin-cos, MAE init."""
+    cfg = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2,
+               pos_embed="sincos", weight_init="mae")  # fmt: skip
+    return _build(ViT, cfg, kwargs)
+
+
+@BACKBONES.register()
+def vit_mae_smoke_large(**kwargs: Any) -> ViT:
+    """Tiny MAE-style teacher for tests (DMAE smoke): 32 px, patch 4, dim 48, depth 4, 2 heads."""
+    cfg = dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=2,
+               pos_embed="sincos", weight_init="mae")  # fmt: skip
+    return _build(ViT, cfg, kwargs)
+
+
+@BACKBONES.register()
+def vit_small_patch8_64(**kwargs: Any) -> ViT:
+    """DMAE cpu student: ViT-B/16 scaled to 64 px: patch 8 (8x8 tokens), dim 128, depth 4,
+    4 heads, fixed sin-cos, MAE init (half the teacher's depth, 2/3 of its width; notes §A.2)."""
+    cfg = dict(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4,
+               pos_embed="sincos", weight_init="mae")  # fmt: skip
+    return _build(ViT, cfg, kwargs)
+
+
+@BACKBONES.register()
+def vit_large_patch8_64(**kwargs: Any) -> ViT:
+    """DMAE cpu teacher: ViT-L/16 scaled to 64 px: patch 8, dim 192, depth 8, 3 heads, fixed
+    sin-cos, MAE init (the student's partner, twice its depth as ViT-L/ViT-B; notes §A.2)."""
+    cfg = dict(img_size=64, patch_size=8, embed_dim=192, depth=8, num_heads=3,
+               pos_embed="sincos", weight_init="mae")  # fmt: skip
+    return _build(ViT, cfg, kwargs)
