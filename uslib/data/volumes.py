@@ -164,7 +164,7 @@ class SyntheticSweeps(Dataset):
             raise IndexError(f"volume {i} out of range for {len(self)} volumes")
         if i not in self._memory:
             label = i % len(self.spec.classes)
-            seq = [*item_seed(self.seed, self.split, self.task, i), self.depth, 7]
+            seq = [*item_seed(self.seed, self.split, self.task, i), 7]  # same scene at any depth
             self._memory[i] = render_sweep(
                 self.task, label, self.depth, self.slice_ratio, seq, self.cfg
             )
