@@ -47,6 +47,8 @@ class DMAEConfig(MAEConfig):
     driver (or its run folder), e.g. notebook 04's ``04_mae_teacher`` run; an official MAE
     ``.pth`` (loaded by ``load_official(kind="mae")``); or ``None``: a randomly initialised
     teacher (tests only; ``train_data`` warns). Relative paths start at the repository root.
+    ``teacher_pretrain_epochs`` is read by notebook 04 only, which pretrains the smoke/cpu
+    teacher (an MAE of ``teacher_backbone``) when no checkpoint is given.
     ``teacher_block`` / ``student_block`` are 0-based block indices (the code's
     ``--teacher_aligned_blks_indices`` / ``--aligned_blks_indices``, §A.2).
     """
@@ -58,6 +60,7 @@ class DMAEConfig(MAEConfig):
     teacher_mode: str = "partial"  # paper (D-1) | "full": the released code's compute
     distill_weight: float = 1.0  # §A.4: hard-coded 1
     distill_loss: str = "l1"  # §A.4: nn.L1Loss | "l2" (--embedding_distillation_func L2)
+    teacher_pretrain_epochs: int = 2  # notebook 04 only: epochs of the MAE teacher it trains
 
     PRESETS = {
         # cpu: the MAE cpu student (128-d x 4, patch 8) distils block 6 of 8 of the 192-d MAE
@@ -65,6 +68,7 @@ class DMAEConfig(MAEConfig):
         "cpu": {
             **MAEConfig.PRESETS["cpu"],
             "teacher_backbone": "vit_large_patch8_64", "teacher_block": 5, "student_block": 2,
+            "teacher_pretrain_epochs": 20,  # the teacher trains longer than the students
         },
         "paper": {
             **MAEConfig.PRESETS["paper"],
