@@ -175,3 +175,15 @@ def test_nifti_volume_spacing_and_errors(tmp_path) -> None:
     nib.save(nib.Nifti1Image(data, np.diag([0.0, 0.0, 0.0, 1.0])), tmp_path / "z.nii.gz")
     with pytest.raises(ValueError, match="z.nii.gz: no positive voxel spacing"):
         load_volume(tmp_path / "z.nii.gz")
+
+
+def test_same_scene_at_several_spacings_keeps_the_physical_token_size() -> None:
+    """One scene swept at ratios 1..8 over the same elevation extent (16 in-plane pixels):
+    the depth patch d = max(8 >> aniso_d, 1) makes every token 8 pixels thick in mm (§C.3)."""
+    vit = create_backbone("spad_vit_smoke", in_chans=1)  # p = 8
+    for ratio, depth in ((1.0, 16), (2.0, 8), (4.0, 4), (8.0, 2)):
+        rec = SyntheticSweeps("breast", "demo", 1, depth, ratio, CFG, seed=5)[0]
+        _, _, grid = vit.encode(rec["image"][None], aniso=rec["aniso_d"], indices=[])
+        d = depth // grid[0]
+        z, xy = rec["spacing_zyx"][0].item(), rec["spacing_zyx"][1].item()
+        assert grid == (2, 2, 2) and d * z == pytest.approx(8 * xy, rel=1e-5)

@@ -67,14 +67,16 @@ class SPADConfig(MethodConfig):
     )
 
     PRESETS = {
-        # cpu: see notebook 06 (scaled to fit ~6 min on 2 cores with the tokenizer)
+        # cpu: 6-block 192-wide SPAD-ViT (patch 16) from scratch on 450 breast stills + 24
+        # sweeps at 64 px (~7.7 k tokens, ~120 GFLOP per epoch); same tokenizer and data as
+        # spad_tokenizer's cpu preset
         "cpu": {
             "backbone": "spad_vit_cpu",
             "tokenizer": {"channels": [32, 64, 64], "strides": [4, 2, 2],
                           "codebook_size": 128, "code_dim": 64},
-            "volumes": {"depths": [16, 8], "slice_ratios": [1.0, 4.0], "n_volumes": 8},
-            "data": {"task": "breast", "img_size": 64, "n_per_class": 60},
-            "optim": {"lr": 1e-3, "epochs": 8, "batch_size": 16, "warmup_epochs": 1.0,
+            "volumes": {"depths": [16, 8], "slice_ratios": [1.0, 4.0], "n_volumes": 12},
+            "data": {"task": "breast", "img_size": 64, "n_per_class": 150},
+            "optim": {"lr": 5e-4, "epochs": 20, "batch_size": 32, "warmup_epochs": 2.0,
                       "grad_clip": 0.5},
         },
         # paper §C.6-C.7: ViT-B from EVA-02-B (init_checkpoint), AdamW lr 2e-5, wd 0.05, warmup

@@ -119,13 +119,14 @@ class SPADTokenizerConfig(MethodConfig):
     )
 
     PRESETS = {
-        # cpu: 32 px, 64-wide tokenizer, 128 codes; ~120 2-D + 48 volumes, 6 epochs (notebook 06)
+        # cpu: the data of spad's cpu preset (64 px breast stills + sweeps at ratios 1 and 4),
+        # a 32/64/64-wide tokenizer with 128 x 64 codes, 12 epochs (~8 GFLOP per epoch)
         "cpu": {
             "tokenizer": {"channels": [32, 64, 64], "strides": [4, 2, 2],
                           "codebook_size": 128, "code_dim": 64},
-            "volumes": {"depths": [16, 8], "slice_ratios": [1.0, 4.0], "n_volumes": 8},
-            "data": {"task": "breast", "img_size": 32, "n_per_class": 40},
-            "optim": {"lr": 1e-3, "epochs": 6, "batch_size": 8, "warmup_epochs": 0.5},
+            "volumes": {"depths": [16, 8], "slice_ratios": [1.0, 4.0], "n_volumes": 12},
+            "data": {"task": "breast", "img_size": 64, "n_per_class": 150},
+            "optim": {"lr": 1e-3, "epochs": 12, "batch_size": 16, "warmup_epochs": 1.0},
         },
         # paper §C.5: 128/256/512, strides 4/2/2, 1024 x 512 soft codebook; AdamW 1e-4, wd 0.05,
         # warmup 25k of 500k steps, floor 1e-6; batch 8 (README); crops 4 x 128 x 128 (train_tz 4
