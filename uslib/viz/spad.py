@@ -47,7 +47,7 @@ def plot_tokenization(records: Sequence[Mapping[str, Any]], patch: int) -> Figur
         ratio = "2-D" if z > 1e6 else f"z/xy = {z / y:.1f}"
         top.set_title(f"{ratio}: aniso_d {a}\npatch {d}x{patch}x{patch}, grid {grid}", fontsize=8)
         zs = min(z, 4.0 * y * max(dd, 1))  # 2-D: draw the single slice at a finite thickness
-        side.imshow(vol[:, h // 2], cmap="gray", vmin=0, vmax=1, aspect=zs / x,
+        side.imshow(vol[:, h // 2], cmap="gray", vmin=0, vmax=1, aspect="equal",
                     extent=(0, w * x, dd * zs, 0))  # fmt: skip
         for t in range(d, dd, d):
             side.axhline(t * zs, color="c", lw=0.8)
