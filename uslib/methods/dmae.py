@@ -68,7 +68,7 @@ class DMAEConfig(MAEConfig):
         "cpu": {
             **MAEConfig.PRESETS["cpu"],
             "teacher_backbone": "vit_large_patch8_64", "teacher_block": 5, "student_block": 2,
-            "teacher_pretrain_epochs": 20,  # the teacher trains longer than the students
+            "teacher_pretrain_epochs": 15,  # the teacher trains longer than the students
         },
         "paper": {
             **MAEConfig.PRESETS["paper"],
