@@ -94,3 +94,17 @@ def test_bad_configs_are_named(tmp_path) -> None:
         SPAD(SPADConfig().replace(tokenizer={"strides": (4, 2, 2)}))
     with pytest.raises(ConfigError, match="not a multiple of the depth patch"):
         train_data(SPADConfig().replace(volumes={"depths": (6, 4)}))
+
+
+def test_init_checkpoint_loads_a_local_file_into_the_vit(tmp_path) -> None:
+    from uslib.models import create_backbone
+
+    torch.manual_seed(3)
+    src = create_backbone("spad_vit_smoke", in_chans=1, use_mask_token=True)
+    path = tmp_path / "pumit.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in src.state_dict().items()}}, path)
+    m = build(SPADConfig(init_checkpoint=str(path)))
+    torch.testing.assert_close(m.vit.state_dict(), src.state_dict())
+    torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, tmp_path / "bad.ckpt")
+    with pytest.raises(Exception, match="bad.ckpt"):
+        build(SPADConfig(init_checkpoint=str(tmp_path / "bad.ckpt")))

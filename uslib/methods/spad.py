@@ -134,7 +134,11 @@ class SPAD(Method):
         if cfg.init_checkpoint is not None:
             from uslib.models.checkpoints import load_official
 
-            load_official(self.vit, cfg.init_checkpoint, cfg.init_kind, strict=False)
+            self.init_report = load_official(
+                self.vit, cfg.init_checkpoint, cfg.init_kind, strict=False
+            )  # EVA-02 has no mask token / 3-D table: missing keys are allowed, none-loaded not
+            if not self.init_report.loaded:
+                raise ConfigError(f"init_checkpoint={cfg.init_checkpoint!r}: no key fits the ViT")
         if cfg.tokenizer_encoder is not None:
             self.tokenizer = load_tokenizer(cfg.tokenizer_encoder)
         else:
