@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from uslib.config import ConfigBase
-from uslib.paths import repo_root, runs_root
+from uslib.paths import repo_root, runs_root  # re-exported (their home is uslib.paths)
 
 _PACKAGES = ("torch", "torchvision", "timm", "accelerate", "datasets", "numpy", "uslib")
 ENCODER_WEIGHTS = "encoder.safetensors"

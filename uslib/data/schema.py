@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-UNLABELLED = -1
-"""Label of an unlabelled item (USCL's code uses 9999; we use -1 and say so)."""
+from uslib.labels import UNLABELLED as UNLABELLED  # re-exported: records use it
 
 RECORD_KEYS: tuple[str, ...] = (
     "image",

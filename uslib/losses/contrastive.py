@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from uslib.data.schema import UNLABELLED
+from uslib.labels import UNLABELLED
 
 
 def _check_pair(z1: torch.Tensor, z2: torch.Tensor, name: str) -> None:
