@@ -1,6 +1,7 @@
 # The two commands: `make reproduce` (all notebooks, PROFILE=cpu by default) and `make test`.
-# Both create .venv when missing and install the package; a stamp keyed on the hash of
-# pyproject.toml makes the second call skip installation.
+# Both create .venv when missing and install the exact environment of requirements.lock (compiled
+# from pyproject.toml's ranges, see tools/check_lock.py) plus the package; a stamp keyed on the hash
+# of pyproject.toml and the lock makes the second call skip installation.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PROFILE ?= cpu
@@ -8,7 +9,7 @@ DATA_ROOT ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.stamp-$(shell sha256sum pyproject.toml | cut -c1-16)
+STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 
 # Pure-PyTorch scans run 3-7x faster with glibc's mmap/trim thresholds raised (measured here).
 export MALLOC_MMAP_MAX_ := 0
@@ -23,10 +24,11 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[notebooks,dev]"
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (uslib)" >/dev/null
 	@rm -f $(VENV)/.stamp-*
 	@touch $@
@@ -44,6 +46,8 @@ test: install lint unit nbtest
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(PY) tools/check_lock.py
 
 # Tests run single-threaded: small tensors gain nothing from a second OpenMP thread, and results
 # do not depend on the machine's core count.

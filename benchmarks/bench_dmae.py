@@ -19,6 +19,7 @@ under ``flock /tmp/uslib_heavy.lock``; the 1-minute load average is recorded bes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
@@ -96,7 +97,8 @@ def teacher_cost(scale: str, repeats: int) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for mode in ("partial", "full"):  # random teacher weights: the cost does not depend on them
-            cfg = DMAEConfig.preset(preset, teacher_mode=mode, teacher_checkpoint=None)
+            cfg = DMAEConfig.preset(preset, teacher_mode=mode)
+            cfg = dataclasses.replace(cfg, teacher_checkpoint=None)  # (preset() drops None)
             methods[mode] = build_dmae(cfg).train()
     cfg = methods["partial"].cfg
     batch = {"image": torch.rand(batch_size, 1, cfg.data.img_size, cfg.data.img_size)}

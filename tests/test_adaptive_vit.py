@@ -7,13 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from uslib.models import create_backbone
-from uslib.models.adaptive_vit import (
-    TWO_D_Z_SPACING,
-    aniso_d,
-    depth_patch,
-    reduce_depth_kernel,
-    rope_3d,
-)
+from uslib.models.adaptive_vit import rope_3d
+from uslib.ops.anisotropy import TWO_D_Z_SPACING, aniso_d, depth_patch, reduce_depth_kernel
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from uslib import runs
 from uslib.engine import fit
 from uslib.methods import Method, Progress, TrainData, get_method, list_methods
 from uslib.ops.schedules import cosine_ramp
-from uslib.pretraining import pretrain
+from uslib.pretraining import pretrain, train_data
 from uslib.train import main as train_cli
 
 METHOD_NAMES = list_methods()  # method_toys registered toy_ema on import
@@ -31,7 +31,7 @@ def _setup(name: str) -> tuple[Any, Method, TrainData]:
     spec = get_method(name)
     cfg = spec.config_cls.preset("smoke")
     method = spec.build(cfg)
-    return cfg, method, spec.train_data(cfg, method)
+    return cfg, method, train_data(name, cfg, method)
 
 
 def _batch(cfg: Any, data: TrainData) -> Any:
@@ -113,7 +113,7 @@ def test_resume_mid_epoch_is_bit_identical(name: str, tmp_path: Path) -> None:
 
     def run(stop: int | None, run_dir: Path, resume: bool = True) -> tuple[Method, Any]:
         method = spec.build(cfg)
-        data = spec.train_data(cfg, method)
+        data = train_data(name, cfg, method)
         hist = fit(method, data.train, cfg.optim, val_data=data.val, run_dir=run_dir,
                    resume=resume, seed=cfg.seed, stop_at_step=stop, progress=False,
                    collate_fn=data.collate_fn, batch_sampler=data.batch_sampler,

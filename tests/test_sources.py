@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from uslib.data.media import (
     MediaError,
+    Rules,
     fit_image,
     pil_to_grey,
     read_dicom,
@@ -101,7 +102,10 @@ def test_mask_size_mismatch_is_named(tmp_path):
     with pytest.raises(MediaError, match="m.png: mask size differs"):
         read_mask([str(m)], shape=(12, 10))
     label_map = _png(tmp_path / "l.png", np.array([[0, 1], [2, 0]], np.uint8))
-    np.testing.assert_array_equal(read_mask([str(label_map)]), [[0, 1], [1, 0]])
+    with pytest.raises(MediaError, match=r"l.png: mask values \(values \[0, 1, 2\]"):
+        read_mask([str(label_map)])  # a label map needs its values declared
+    declared = read_mask([str(label_map)], rules=Rules(mask_values=(1, 2)))
+    np.testing.assert_array_equal(declared, [[0, 1], [2, 0]])
 
 
 # ---------------------------------------------------------------- image modes
@@ -216,14 +220,14 @@ def test_dicom_multiframe_and_rgb(tmp_path):
 
 
 def test_pad_resize_keeps_aspect_and_aligns_mask(tmp_path):
-    img = np.zeros((20, 40), np.uint8)
-    img[5:15, 10:30] = 255
+    img = np.zeros((40, 80), np.uint8)  # >= 32 px a side (smaller images are rejected)
+    img[10:30, 20:60] = 255
     p = _png(tmp_path / "images" / "a.png", img)
     _png(tmp_path / "masks" / "a_mask.png", img)
     item = paired_items(tmp_path)[0] | {"spacing": 0.5}
     rec = load_record(item, img_size=32)
     assert rec["image"].shape == (1, 32, 32) and rec["mask"].shape == (32, 32)
-    assert rec["spacing"] == pytest.approx(0.5 * 40 / 32)  # mm per output pixel
+    assert rec["spacing"] == pytest.approx(0.5 * 80 / 32)  # mm per output pixel
     assert rec["image"][0, :8].abs().sum() == 0 and rec["image"][0, 24:].abs().sum() == 0
     np.testing.assert_array_equal(rec["mask"].numpy(), (rec["image"][0].numpy() > 0.5))
     stretched = load_record(item, img_size=32, resize="stretch")

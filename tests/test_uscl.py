@@ -131,7 +131,7 @@ def test_pretrain_keeps_the_encoder_of_the_best_validation_epoch(tmp_path) -> No
     best = hist.best_epoch("val_nt_xent")
     assert epochs["val_nt_xent"].notna().all() and len(epochs) == 3
     spec = Path(run.dir) / "checkpoints" / runs.ENCODER_SPEC
-    saved, info = runs.load_encoder(spec)
+    saved, info = runs.load_encoder(spec, raw=True)
     assert info["epoch"] == best["epoch"] and info["val_nt_xent"] == pytest.approx(
         best["val_nt_xent"]
     )

@@ -21,7 +21,7 @@ from uslib.data.volumes import (
     synthetic_volume_mix,
 )
 from uslib.models import create_backbone
-from uslib.models.adaptive_vit import TWO_D_Z_SPACING
+from uslib.ops.anisotropy import TWO_D_Z_SPACING
 
 CFG = SyntheticConfig(img_size=16)
 HAS_NIBABEL = importlib.util.find_spec("nibabel") is not None

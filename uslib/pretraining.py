@@ -61,6 +61,13 @@ def encoder_record(
     return rec
 
 
+def train_data(name: str, cfg: MethodConfig, method: Method | None = None) -> TrainData:
+    """Method ``name``'s ``TrainData`` for ``cfg``, with the engine's loop handed to data stages
+    that train a proxy (``MethodSpec.data_needs_fit``)."""
+    spec = get_method(name)
+    return spec.train_data(cfg, method, **({"fit": fit} if spec.data_needs_fit else {}))
+
+
 def pretrain(
     name: str,
     cfg: MethodConfig,
@@ -90,7 +97,7 @@ def pretrain(
     if not isinstance(cfg, spec.config_cls):
         raise TypeError(f"method {name!r} needs a {spec.config_cls.__name__}, got {type(cfg)}")
     method = method if method is not None else spec.build(cfg)
-    data = data if data is not None else spec.train_data(cfg, method)
+    data = data if data is not None else train_data(name, cfg, method)
     state = PartialState()  # under accelerate launch / torchrun only the main rank writes
 
     def save(epoch: int, m: Method, value: float) -> None:

@@ -3,9 +3,10 @@
 Given teacher embeddings ``(N, D)`` of a candidate pool (and, for the quality rank, per-sample
 gradient-norm curves ``(N, E)`` of a proxy student's warm-up epochs), choose ``budget`` samples:
 
-* **distance rank**: mini-batch k-means (scikit-learn ``MiniBatchKMeans``, fed block by block
-  with ``partial_fit``); within each cluster the members are ranked by their distance to the
-  centroid (centrality percentile) and cut into ``distance_bins`` distance quantiles;
+* **distance rank**: mini-batch k-means (scikit-learn ``MiniBatchKMeans``, fed random
+  mini-batches with ``partial_fit``); within each cluster the members are ranked by their
+  distance to the centroid (centrality percentile) and cut into ``distance_bins`` distance
+  quantiles;
 * **quality rank**: per-sample curves ranked by level (mean gradient norm: near-zero =
   redundant) and stability (low coefficient of variation); the top ``noise_quantile`` by level
   (always extreme: noisy or mislabelled) is pushed to the bottom;
@@ -129,8 +130,8 @@ def fit_kmeans(
     """Centroids (K, D) of mini-batch k-means streamed over ``emb`` block by block.
 
     k-means++ seeds on ``init_size`` random rows (default ``max(3K, batch_size)``), then
-    ``MiniBatchKMeans.partial_fit`` on contiguous blocks of ``batch_size`` rows in a seeded
-    random block order, ``passes`` times. Memory: one block.
+    ``MiniBatchKMeans.partial_fit`` on random mini-batches of ``batch_size`` rows (a seeded
+    permutation per pass, rows read in sorted order), ``passes`` times. Memory: one batch.
     """
     n = len(emb)
     if not 1 <= n_clusters <= n:
@@ -142,10 +143,10 @@ def fit_kmeans(
     centers, _ = kmeans_plusplus(init, n_clusters, random_state=seed)
     km = MiniBatchKMeans(n_clusters, init=centers, n_init=1, batch_size=batch_size,
                          random_state=seed)  # fmt: skip
-    starts = np.arange(0, n, batch_size)
-    for _ in range(passes):
-        for s in rng.permutation(starts):
-            km.partial_fit(_rows(emb, int(s), int(s) + batch_size, normalize))
+    for _ in range(passes):  # random mini-batches: a pool stored by source is not mixed
+        perm = rng.permutation(n)
+        for s in range(0, n, batch_size):
+            km.partial_fit(_f32(emb[np.sort(perm[s : s + batch_size])], normalize))
     return km.cluster_centers_.astype(np.float32)
 
 

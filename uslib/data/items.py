@@ -12,6 +12,12 @@ Generic layouts: class folders (``<root>/<class>/*.png``); image + mask pairs (B
 folders of clips or DICOM files. Dataset-specific layouts (POCUS, HC18) are in
 :mod:`uslib.data.sources`. Stills without a patient id get their own ``video_id`` (a still is a
 one-frame clip), so grouped splits never lump them together.
+
+Listing follows the shared rules (:mod:`uslib.data.validation`): every file a layout does not
+list (a GIF among stills, a dangling link, a link loop, another extension) is logged on the
+``uslib.data`` logger with the reason; an empty class folder is a warning naming it (its label
+is kept, so labels stay those of ``classes``); a root where the layout finds nothing is a
+:class:`~uslib.data.validation.LayoutError` naming the layouts looked for.
 """
 
 from __future__ import annotations
@@ -23,8 +29,25 @@ from typing import Any
 
 from uslib.data.media import DICOM_EXTS, IMAGE_EXTS, VIDEO_EXTS, media_kind
 from uslib.data.schema import UNLABELLED
+from uslib.data.validation import LayoutError, list_files, logger, notify
 
 _MASK_RE = re.compile(r"^(?P<stem>.+?)_mask(?:_\d+)?$", re.IGNORECASE)
+
+LAYOUTS: dict[str, str] = {
+    "class folders": "<root>/<class>/**/*.png (class_folder_items)",
+    "image + mask pairs": "<root>/images/ + <root>/masks/, or BUSI-style <root>/<class>/<name>.png "
+    "+ <name>_mask.png (paired_items)",
+    "clips or DICOM files": "<root>/**/*.mp4|.avi|.gif|.dcm ... (media_file_items)",
+}
+"""The generic layouts (name -> what is looked for), listed by every layout error."""
+
+# files a still-image layout skips that a user may have meant as items: warned, with the way in
+_STILL_HINT = {
+    **{e: "a clip, not a still image (list clips with media_file_items)" for e in VIDEO_EXTS},
+    **{e: "a DICOM file (list with media_file_items(kinds=('dicom',)))" for e in DICOM_EXTS},
+    ".gif": "a GIF is read as a clip, not a still image (list it with media_file_items)",
+}
+_MEDIA_HINT = {e: "a still image (list with class_folder_items/paired_items)" for e in IMAGE_EXTS}
 
 
 def make_item(path: str | Path, *, dataset: str, **fields: Any) -> dict[str, Any]:
@@ -51,12 +74,26 @@ def make_item(path: str | Path, *, dataset: str, **fields: Any) -> dict[str, Any
     return item
 
 
-def _files(folder: Path, exts: frozenset[str]) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+def _no_layout(root: Path, what: str) -> LayoutError:
+    looked = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+    return LayoutError(f"{root}: {what}. Layouts looked for: {looked}")
+
+
+def _check_root(root: Path) -> None:
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
 
 
 def _class_dirs(root: Path, classes: Sequence[str] | None) -> list[str]:
-    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    names, loose = [], []
+    for d in sorted(root.iterdir()):
+        if d.name.startswith("."):
+            continue
+        (names if d.is_dir() else loose).append(d.name)
+    for name in loose:  # a file at the top level has no class
+        logger.info("skipped %s: not in a class folder", root / name)
+    if not names:
+        raise _no_layout(root, f"no class folders ({len(loose)} files at the top level)")
     if classes is None:
         return names
     missing = set(classes) - set(names)
@@ -95,11 +132,13 @@ def class_folder_items(
         One item per image; ``label`` = index in ``classes``.
     """
     root = Path(root)
+    _check_root(root)
     dataset = dataset or root.name
-    items = []
+    items, empty = [], []
     for label, name in enumerate(_class_dirs(root, classes)):
-        files = _files(root / name, IMAGE_EXTS)
+        files = list_files(root / name, IMAGE_EXTS, hint=_STILL_HINT)
         masks = _mask_index(files) if with_masks else {}
+        n_before = len(items)
         for p in files:
             if _MASK_RE.match(p.stem):
                 continue
@@ -107,6 +146,13 @@ def class_folder_items(
             mp = masks.get(str(p.with_suffix("")), [])
             items.append(make_item(p, dataset=dataset, label=label, label_name=name, organ=organ,
                                    video_id=vid, mask_paths=mp))  # fmt: skip
+        if len(items) == n_before:
+            empty.append(f"{name} (label {label})")
+    if not items:
+        raise _no_layout(root, "no images in any class folder")
+    if empty:
+        notify("%s: class folders with no images: %s; their labels are kept with 0 items",
+               root, ", ".join(empty))  # fmt: skip
     return items
 
 
@@ -127,13 +173,19 @@ def paired_items(
         One item per image (labels from class folders; ``UNLABELLED`` for ``images/``).
     """
     root = Path(root)
+    _check_root(root)
     dataset = dataset or root.name
     if not ((root / "images").is_dir() and (root / "masks").is_dir()):
         return class_folder_items(root, dataset, organ, classes, with_masks=True)
     masks: dict[str, list[Path]] = {}
-    for m in _files(root / "masks", IMAGE_EXTS):
+    for m in list_files(root / "masks", IMAGE_EXTS, hint=_STILL_HINT):
         hit = _MASK_RE.match(m.stem)
         masks.setdefault(hit.group("stem") if hit else m.stem, []).append(m)
+    images = list_files(root / "images", IMAGE_EXTS, hint=_STILL_HINT)
+    if not images:
+        raise _no_layout(root, "images/ holds no images")
+    for stem in sorted(set(masks) - {p.stem for p in images}):
+        logger.warning("skipped %s: mask without an image", masks[stem][0])
     return [
         make_item(
             p,
@@ -142,7 +194,7 @@ def paired_items(
             mask_paths=masks.get(p.stem, []),
             video_id=f"{dataset}:{p.stem}",
         )  # fmt: skip
-        for p in _files(root / "images", IMAGE_EXTS)
+        for p in images
     ]
 
 
@@ -159,13 +211,17 @@ def media_file_items(
         ``video_id`` = the relative path.
     """
     root = Path(root)
+    _check_root(root)
     dataset = dataset or root.name
     exts = (VIDEO_EXTS if "video" in kinds else frozenset()) | (
         DICOM_EXTS if "dicom" in kinds else frozenset()
     )
+    files = list_files(root, exts, hint=_MEDIA_HINT)
+    if not files:
+        raise _no_layout(root, f"no {' or '.join(kinds)} files")
     return [
         make_item(
             p, dataset=dataset, organ=organ, video_id=f"{dataset}:{p.relative_to(root).as_posix()}"
         )
-        for p in _files(root, exts)
+        for p in files
     ]

@@ -4,8 +4,10 @@ A manifest stores paths and metadata, never pixels: it is a Hugging Face ``datas
 saved as Arrow (``save_to_disk``) plus a Parquet copy, next to a rejects table and a JSON info
 file. Building it runs one validation pass that decodes every item once and
 
-* rejects, without crashing, missing, empty, non-image, truncated, undecodable, tiny (< 32 px) and
-  huge files, and masks that do not match their image: each goes to ``rejects`` as (file, reason);
+* applies the shared rule set (:mod:`uslib.data.validation`, a ``Rules`` argument) and rejects,
+  without crashing, missing, empty, non-image, truncated, undecodable, tiny (< 32 px), huge and
+  non-finite (NaN/Inf) files, and masks that do not match their image or hold undeclared values:
+  each goes to ``rejects`` as (file, reason);
 * reads odd modes (16-bit, RGBA, palette, CMYK, ...) through ``uslib.data.media`` (16-bit data is
   rescaled over its real range) and records the mode;
 * computes the DCT pHash of each image (``uslib.data.dedup``) for duplicate and contamination
@@ -42,7 +44,6 @@ from uslib.data.dedup import hash_to_hex, phash
 from uslib.data.geometry import detect_fan_roi, fit_image
 from uslib.data.items import make_item
 from uslib.data.media import (
-    DEFAULT_MAX_PIXELS,
     MediaError,
     read_dicom,
     read_image,
@@ -51,6 +52,7 @@ from uslib.data.media import (
     video_info,
 )
 from uslib.data.sources import hc18_items, pocus_items
+from uslib.data.validation import DEFAULT_RULES, MIN_SIDE, Rules, check_size
 
 __all__ = [
     "INFO_COLUMNS",
@@ -73,7 +75,6 @@ __all__ = [
     "write_records",
 ]
 
-MIN_SIDE = 32
 ITEM_COLUMNS = ("path", "kind", "mask_paths", "label", "label_name", "dataset", "organ",
                 "patient_id", "video_id", "frame_idx", "spacing")  # fmt: skip
 INFO_COLUMNS = ("height", "width", "mode", "n_frames", "roi_y0", "roi_y1", "roi_x0", "roi_x1",
@@ -134,18 +135,18 @@ def _row_to_item(row: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def _decode(item: dict[str, Any], max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _decode(item: dict[str, Any], rules: Rules) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode the item's frame once; info has height, width, mode, n_frames."""
     kind, idx = item["kind"], max(int(item["frame_idx"]), 0)
     if kind == "image":
-        return read_image(item["path"], max_pixels)
+        return read_image(item["path"], rules=rules)
     if kind == "video":
         vi = video_info(item["path"])
-        if vi["height"] * vi["width"] > max_pixels:
+        if vi["height"] * vi["width"] > rules.max_pixels:
             raise MediaError(item["path"], "too large", f"{vi['width']}x{vi['height']}")
         arr = read_video_frame(item["path"], idx).astype(np.float32) / 255.0
         return arr, {"mode": "video", "n_frames": vi["n_frames"]}
-    frames, di = read_dicom(item["path"])
+    frames, di = read_dicom(item["path"], rules)
     if idx >= len(frames):
         raise MediaError(item["path"], "frame out of range", f"index {idx}")
     return frames[idx], {"mode": f"dicom/{di['photometric']}", "n_frames": di["n_frames"]}
@@ -158,26 +159,33 @@ def _cache_file(cache_dir: Path, item: dict[str, Any]) -> Path:
 
 def inspect_item(
     item: dict[str, Any],
-    min_side: int = MIN_SIDE,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+    max_pixels: int | None = None,
     roi_crop: bool = False,
     cache_dir: Path | None = None,
     cache_size: int | None = None,
+    rules: Rules = DEFAULT_RULES,
 ) -> dict[str, Any]:
     """Validate one item and compute its manifest columns.
+
+    Args:
+        item: the item.
+        min_side, max_pixels: override ``rules.min_side`` / ``rules.max_pixels`` when given.
+        roi_crop, cache_dir, cache_size: see :func:`build_manifest`.
+        rules: the shared validation rules (:mod:`uslib.data.validation`).
 
     Returns:
         The ``INFO_COLUMNS`` values (without ``group``).
 
     Raises:
-        MediaError: the reason to reject it (unreadable, too small, mask mismatch, ...).
+        MediaError: the reason to reject it (unreadable, too small, non-finite, mask mismatch).
     """
-    arr, info = _decode(item, max_pixels)
+    rules = rules.but(min_side=min_side, max_pixels=max_pixels)
+    arr, info = _decode(item, rules)
     h, w = arr.shape
-    if min(h, w) < min_side:
-        raise MediaError(item["path"], "too small", f"{w}x{h} < {min_side} px")
+    check_size(h, w, item["path"], rules)
     if item["mask_paths"]:
-        read_mask(item["mask_paths"], shape=(h, w))
+        read_mask(item["mask_paths"], shape=(h, w), rules=rules)
     y0, y1, x0, x1 = detect_fan_roi(arr) if roi_crop else (0, h, 0, w)
     crop = arr[y0:y1, x0:x1]
     cache_path = ""
@@ -196,23 +204,26 @@ def inspect_item(
 def build_manifest(
     items: Iterable[dict[str, Any]],
     *,
-    min_side: int = MIN_SIDE,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+    max_pixels: int | None = None,
     roi_crop: bool = False,
     cache_dir: str | Path | None = None,
     cache_size: int | None = None,
     progress: bool = False,
+    rules: Rules = DEFAULT_RULES,
 ) -> Manifest:
     """Validate items and build the manifest; bad files go to ``rejects``, never raise.
 
     Args:
         items: items from ``uslib.data.sources`` (any mix of datasets and kinds).
-        min_side: images with a side shorter than this are rejected (``"too small"``).
-        max_pixels: larger images are rejected (``"too large"``).
+        min_side: images with a side shorter than this are rejected (``"too small"``; default
+            ``rules.min_side`` = ``MIN_SIDE``).
+        max_pixels: larger images are rejected (``"too large"``; default ``rules.max_pixels``).
         roi_crop: detect the ultrasound fan and store its box (used when loading records).
         cache_dir: where to write the resized image cache (needs ``cache_size``).
         cache_size: side of the cached (ROI-cropped, padded) 8-bit PNGs.
         progress: show a tqdm bar.
+        rules: the shared validation rules (non-finite pixels, mask values, ...).
 
     Returns:
         A :class:`Manifest`; ``group`` = patient id, else video id, else path.
@@ -225,7 +236,7 @@ def build_manifest(
     rows, rejects = [], []
     for item in tqdm(list(items), disable=not progress, desc="manifest"):
         try:
-            info = inspect_item(item, min_side, max_pixels, roi_crop, cdir, cache_size)
+            info = inspect_item(item, min_side, max_pixels, roi_crop, cdir, cache_size, rules)
         except MediaError as e:
             # the row names the item; the detail names the failing file (maybe its mask)
             rejects.append({"path": item["path"], "dataset": item["dataset"], "reason": e.reason,

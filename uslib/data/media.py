@@ -13,6 +13,10 @@ Conventions shared by every reader:
   range, never clipped to 8 bits and never divided by 65535 (a 12-bit scanner fills 1/16 of it).
 * Every failure raises :class:`MediaError`, whose message names the file and whose ``reason`` is a
   short code (``"empty file"``, ``"not an image"``, ``"truncated"``, ...) for rejects tables.
+* The shared rule set (:mod:`uslib.data.validation`, a :class:`Rules` argument) applies here:
+  EXIF orientation is applied to images and masks alike, non-finite pixels are rejected (or
+  repaired by ``Rules(nonfinite="repair")``), masks must be binary or declared label maps, and
+  images over ``max_pixels`` are rejected from their header.
 
 Resizing (``fit_geometry``, ``fit_image``) and fan detection (``detect_fan_roi``) live in
 :mod:`uslib.data.geometry` and are re-exported here.
@@ -28,6 +32,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from uslib.data.geometry import detect_fan_roi, fit_geometry, fit_image
+from uslib.data.validation import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_RULES,
+    MediaError,
+    Rules,
+    check_finite,
+    exif_upright,
+    mask_foreground,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -35,6 +48,7 @@ __all__ = [
     "IMAGE_EXTS",
     "VIDEO_EXTS",
     "MediaError",
+    "Rules",
     "detect_fan_roi",
     "fit_geometry",
     "fit_image",
@@ -52,17 +66,6 @@ __all__ = [
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mpeg", ".mpg", ".m4v", ".mkv", ".webm", ".gif"})
 DICOM_EXTS = frozenset({".dcm", ".dicom"})
-DEFAULT_MAX_PIXELS = 64_000_000
-"""Larger images are rejected as ``"too large"`` (a 8000x8000 scan; Pillow's bomb limit is 89 M)."""
-
-
-class MediaError(ValueError):
-    """A file that cannot be decoded: ``str(err)`` names the file, ``err.reason`` is a code."""
-
-    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
 def media_kind(path: str | Path) -> str:
@@ -91,7 +94,7 @@ def _check_file(path: Path) -> None:
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
-    """Rescale to [0, 1] over the real range; a constant image maps to zeros."""
+    """Rescale to [0, 1] over the real range; a constant image maps to zeros (arr is finite)."""
     arr = arr.astype(np.float64)
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
@@ -99,18 +102,26 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     return ((arr - lo) / (hi - lo)).astype(np.float32)
 
 
-def pil_to_grey(img: Image.Image) -> np.ndarray:
+def pil_to_grey(
+    img: Image.Image, *, source: str | Path = "<image>", rules: Rules = DEFAULT_RULES
+) -> np.ndarray:
     """Convert a decoded Pillow image of any mode to grey float32 in [0, 1].
 
     Args:
         img: a loaded image (modes 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr, I;16*, I, F, ...).
+        source: the file it came from, named in errors.
+        rules: ``rules.nonfinite`` decides what NaN/Inf pixels of float images do.
 
     Returns:
         Array of shape (H, W), float32 in [0, 1]; high-bit-depth modes are min-max rescaled.
+
+    Raises:
+        MediaError: non-finite pixels (``reason="non-finite pixels"``, unless repaired).
     """
     mode = img.mode
     if mode.startswith("I") or mode == "F":  # I;16, I;16B, I (32-bit), F: more than 8 bits
-        return _minmax(np.asarray(img))
+        # checked before the rescale: one NaN would make every pixel NaN
+        return _minmax(check_finite(np.asarray(img), source, rules))
     if mode in ("P", "PA"):
         img, mode = img.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "RGBa", "La"):
@@ -123,31 +134,35 @@ def pil_to_grey(img: Image.Image) -> np.ndarray:
 
 
 def read_image(
-    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path, max_pixels: int | None = None, rules: Rules = DEFAULT_RULES
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode a still image file to grey.
+    """Decode a still image file to grey, upright (EXIF orientation applied).
 
     Args:
         path: image file (PNG, JPEG, TIFF, BMP, ...).
-        max_pixels: larger images raise ``MediaError(reason="too large")`` before decoding.
+        max_pixels: larger images raise ``MediaError(reason="too large")`` before decoding
+            (default ``rules.max_pixels``).
+        rules: the shared rule set (non-finite pixels; see :mod:`uslib.data.validation`).
 
     Returns:
         ``(image, info)``: image (H, W) float32 in [0, 1]; info has ``mode``, ``height``,
-        ``width``, ``n_frames``.
+        ``width`` (as displayed), ``n_frames``.
 
     Raises:
-        MediaError: missing, empty, not an image, too large, truncated or corrupt.
+        MediaError: missing, empty, not an image, too large, truncated, corrupt or non-finite.
     """
     path = Path(path)
     _check_file(path)
+    limit = rules.max_pixels if max_pixels is None else max_pixels
     try:
         with Image.open(path) as img:
             w, h = img.size
-            if w * h > max_pixels:
-                raise MediaError(path, "too large", f"{w}x{h} > {max_pixels} pixels")
+            if w * h > limit:  # from the header, before any pixel is decoded
+                raise MediaError(path, "too large", f"{w}x{h} > {limit} pixels")
             img.load()
-            info = {"mode": img.mode, "height": h, "width": w, "n_frames": 1}
-            return pil_to_grey(img), info
+            up = exif_upright(img)
+            info = {"mode": up.mode, "height": up.height, "width": up.width, "n_frames": 1}
+            return pil_to_grey(up, source=path, rules=rules), info
     except UnidentifiedImageError as e:
         raise MediaError(path, "not an image") from e
     except Image.DecompressionBombError as e:
@@ -158,20 +173,44 @@ def read_image(
         raise MediaError(path, "truncated", str(e)) from e
 
 
-def read_mask(
-    paths: list[str] | tuple[str, ...], shape: tuple[int, int] | None = None
-) -> np.ndarray:
-    """Read one or more mask files and merge them with a logical OR (BUSI's ``_mask_1`` files).
+def _mask_pixels(path: Path) -> np.ndarray:
+    """Raw mask values: palette indices for P, grey for colour, raw integers for 16/32-bit."""
+    _check_file(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = exif_upright(img)
+            if img.mode in ("L", "P", "I", "I;16", "1"):
+                arr = np.asarray(img)
+            else:
+                arr = np.asarray(img.convert("L"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(path, "unreadable mask", str(e)) from e
+    return arr.astype(np.uint8) if arr.dtype == bool else arr
 
-    A pixel is foreground when its grey value is > 127 if the mask holds values above 127 (0/255
-    masks, JPEG-compressed masks), else when it is > 0 (0/1 label maps).
+
+def read_mask(
+    paths: list[str] | tuple[str, ...],
+    shape: tuple[int, int] | None = None,
+    rules: Rules = DEFAULT_RULES,
+) -> np.ndarray:
+    """Read one or more mask files, upright (EXIF), and merge them (BUSI's ``_mask_1`` files).
+
+    Values follow the shared rules (:func:`uslib.data.validation.mask_foreground`): binary masks
+    (0/1 or 0/255) give 0/1 and are merged by logical OR; label maps need their values declared
+    (``Rules(mask_values=...)``) and are merged by maximum; any other mask is rejected unless
+    ``Rules(mask_threshold=...)`` thresholds it (with a logged count).
 
     Args:
         paths: mask files; an empty list gives an all-zero mask (``shape`` required).
         shape: expected (H, W); a mask of another size raises ``MediaError``.
+        rules: the shared rule set.
 
     Returns:
-        int64 array (H, W) with values {0, 1}.
+        int64 array (H, W): {0, 1}, or the declared label values.
+
+    Raises:
+        MediaError: unreadable mask, mask values, mask size differs (each names the mask file).
     """
     if not paths:
         if shape is None:
@@ -179,19 +218,13 @@ def read_mask(
         return np.zeros(shape, np.int64)
     out: np.ndarray | None = None
     for p in paths:
-        _check_file(Path(p))
-        try:
-            with Image.open(p) as img:
-                arr = np.asarray(img.convert("L") if img.mode not in ("L", "I", "I;16") else img)
-        except (UnidentifiedImageError, OSError) as e:
-            raise MediaError(p, "unreadable mask", str(e)) from e
-        fg = arr > (127 if arr.max() > 127 else 0)
+        fg = mask_foreground(_mask_pixels(Path(p)), p, rules)
         want = shape if shape is not None else (out.shape if out is not None else fg.shape)
         if fg.shape != tuple(want):
             raise MediaError(p, "mask size differs", f"{fg.shape} vs image {tuple(want)}")
-        out = fg if out is None else (out | fg)
+        out = fg if out is None else np.maximum(out, fg)  # = logical OR for 0/1 masks
     assert out is not None
-    return out.astype(np.int64)
+    return out
 
 
 def _pyav_frames(path: Path) -> Iterator[np.ndarray]:
@@ -303,11 +336,15 @@ def _dicom_spacing(ds: Any) -> float:
     return 0.0
 
 
-def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+def read_dicom(path: str | Path, rules: Rules = DEFAULT_RULES) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a DICOM file (single- or multi-frame, grey or colour) to grey frames.
 
     Rescale slope/intercept are applied, MONOCHROME1 is inverted, YBR is converted to RGB, and
     the whole clip is min-max rescaled over its real range unless it is plain 8-bit data.
+
+    Args:
+        path: DICOM file.
+        rules: the shared rule set (non-finite pixels after the rescale are rejected or repaired).
 
     Returns:
         ``(frames, info)``: float32 (T, H, W) in [0, 1] (T = 1 for a single frame); info has
@@ -336,7 +373,7 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             arr = convert_color_space(arr, photometric, "RGB")
         arr = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     arr = arr.reshape((n_frames, *arr.shape[-2:])) if n_frames > 1 else arr[None]
-    out = arr / 255.0 if plain8 else _minmax(arr * slope + intercept)
+    out = arr / 255.0 if plain8 else _minmax(check_finite(arr * slope + intercept, path, rules))
     if photometric == "MONOCHROME1":
         out = 1.0 - out
     info = {

@@ -10,10 +10,11 @@ are in :mod:`uslib.data.items`; :func:`load_record`, :class:`RecordDataset` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from uslib.data.items import class_folder_items, make_item, media_file_items, paired_items
@@ -33,6 +34,7 @@ from uslib.data.media import (
 )
 from uslib.data.records import ClipCollection, RecordDataset, load_array, load_record
 from uslib.data.schema import UNLABELLED
+from uslib.data.validation import notify
 
 __all__ = [
     "DICOM_EXTS",
@@ -59,6 +61,7 @@ __all__ = [
     "read_dicom",
     "read_image",
     "read_mask",
+    "read_table",
     "read_video_frame",
 ]
 
@@ -66,26 +69,97 @@ POCUS_CLASSES: dict[str, int] = {"covid": 0, "pneumonia": 1, "regular": 2, "vira
 """USCL's POCUS class map (covid=0, pneumonia=1, regular=2; Ref: USCL §B.8); viral (opt-in) = 3."""
 
 
+_CASTS: dict[type, Callable[[str], Any]] = {int: int, float: float, str: str}
+
+
+def read_table(path: str | Path, columns: dict[str, type]) -> list[dict[str, Any]]:
+    """Rows of a layout's CSV index with typed values; a bad value skips its row, with a word.
+
+    Args:
+        path: the CSV file.
+        columns: required column -> type (``int``, ``float`` (finite), ``str``); other columns
+            are kept as text.
+
+    Returns:
+        One dict per good row, plus ``"_line"`` (its 1-based line in the file; line 1 is the
+        header).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: unreadable CSV, or required columns
+        missing (the file and the columns are named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: index file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: unreadable CSV ({e})") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; has {list(df.columns)}")
+    rows, bad = [], []
+    for k, row in enumerate(df.to_dict("records")):
+        line, col = k + 2, ""
+        try:
+            for col, typ in columns.items():
+                value = _CASTS[typ](row[col].strip())
+                if typ is float and not np.isfinite(value):
+                    raise ValueError("not finite")
+                row[col] = value
+        except ValueError:
+            bad.append(f"line {line}, column {col!r}: {row[col]!r}")
+            continue
+        rows.append({**row, "_line": line})
+    if bad:
+        more = f" ... (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+        notify("%s: skipped %d of %d rows with bad values: %s%s",
+               path, len(bad), len(df), "; ".join(bad[:5]), more)  # fmt: skip
+    return rows
+
+
+_POCUS_COLS = {"label": str, "label_uncertain": int, "fold": int, "probe": str,
+               "patient_id": str, "sample_id": str}  # fmt: skip
+
+
 def _pocus_keep(
-    df: pd.DataFrame, include_viral: bool, include_uncertain: bool, folds: Sequence[int] | None
-) -> pd.DataFrame:
-    keep = df["label"].isin([k for k in POCUS_CLASSES if include_viral or k != "viral"])
-    if not include_uncertain:
-        keep &= df["label_uncertain"] == 0
-    if folds is not None:
-        keep &= df["fold"].isin(list(folds))
-    return df[keep]
+    path: Path,
+    rows: list[dict[str, Any]],
+    include_viral: bool,
+    include_uncertain: bool,
+    folds: Sequence[int] | None,
+) -> list[dict[str, Any]]:
+    unknown = sorted({r["label"] for r in rows} - set(POCUS_CLASSES))
+    if unknown:
+        notify("%s: skipped rows with labels %s (not in %s)", path, unknown, list(POCUS_CLASSES))
+    keep = [k for k in POCUS_CLASSES if include_viral or k != "viral"]
+    return [
+        r
+        for r in rows
+        if r["label"] in keep
+        and (include_uncertain or r["label_uncertain"] == 0)
+        and (folds is None or r["fold"] in folds)
+    ]
 
 
-def _pocus_fields(row: Any, sample_id: str) -> dict[str, Any]:
+def _pocus_fields(row: dict[str, Any]) -> dict[str, Any]:
+    sample_id = row["sample_id"]
     return {
-        "label": POCUS_CLASSES[row.label],
-        "label_name": row.label,
+        "label": POCUS_CLASSES[row["label"]],
+        "label_name": row["label"],
         "organ": "lung",
-        "patient_id": f"pocus:{row.patient_id}",
+        "patient_id": f"pocus:{row['patient_id']}",
         "video_id": f"pocus:{sample_id}",
-        "meta": {"fold": int(row.fold), "probe": row.probe, "sample_id": sample_id},
+        "meta": {"fold": row["fold"], "probe": row["probe"], "sample_id": sample_id},
     }
+
+
+def _pocus_frames(
+    root: Path, include_viral: bool, include_uncertain: bool, folds: Sequence[int] | None
+) -> list[dict[str, Any]]:
+    path = root / "frames.csv"
+    rows = read_table(path, _POCUS_COLS | {"frame_file": str, "frame_index": int})
+    return _pocus_keep(path, rows, include_viral, include_uncertain, folds)
 
 
 def pocus_items(
@@ -107,36 +181,44 @@ def pocus_items(
 
     Returns:
         Items with ``patient_id = "pocus:<id>"`` and ``video_id = "pocus:<sample_id>"``; frame
-        items carry the frame index in the source clip. Ref: USCL §B.8 (class map).
+        items carry the frame index in the source clip. A CSV row with a bad value (or an
+        unknown label) is skipped with a warning naming the file, line and column.
+        Ref: USCL §B.8 (class map).
     """
     root = Path(root)
     if what == "frames":
-        df = _pocus_keep(pd.read_csv(root / "frames.csv"), include_viral, include_uncertain, folds)
         return [
             make_item(
-                root / r.frame_file,
+                root / r["frame_file"],
                 dataset="pocus",
-                frame_idx=int(r.frame_index),
-                **_pocus_fields(r, r.sample_id),
-            )
-            for r in df.itertuples()
+                frame_idx=r["frame_index"],
+                **_pocus_fields(r),
+            )  # fmt: skip
+            for r in _pocus_frames(root, include_viral, include_uncertain, folds)
         ]
     if what not in ("stills", "clips"):
         raise ValueError(f"pocus_items: unknown what={what!r}; valid: frames, stills, clips")
-    df = pd.read_csv(root / "samples.csv")
-    df = _pocus_keep(
-        df[df["kind"] == ("image" if what == "stills" else "video")],
-        include_viral,
-        include_uncertain,
-        folds,
-    )
+    path = root / "samples.csv"
+    extra = {"n_frames": int, "fps": float} if what == "clips" else {}
+    kind = "image" if what == "stills" else "video"
+    table = read_table(path, _POCUS_COLS | {"file": str, "kind": str})
+    rows = [r for r in table if r["kind"] == kind]
     items = []
-    for r in df.itertuples():
-        item = make_item(root / r.file, dataset="pocus", **_pocus_fields(r, r.sample_id))
+    for r in _pocus_keep(path, rows, include_viral, include_uncertain, folds):
+        item = make_item(root / r["file"], dataset="pocus", **_pocus_fields(r))
         if what == "clips":
-            item["meta"].update(n_frames=int(r.n_frames), fps=float(r.fps))
+            try:
+                item["meta"].update({k: t(r[k]) for k, t in extra.items()})
+            except ValueError:
+                notify("%s: skipped line %d: bad n_frames/fps %r/%r",
+                       path, r["_line"], r["n_frames"], r["fps"])  # fmt: skip
+                continue
         items.append(item)
     return items
+
+
+_HC18_COLS = {"image": str, "mask": str, "subject_id": str, "fold": int, "pixel_size_mm": float,
+              "head_circumference_mm": float}  # fmt: skip
 
 
 def hc18_items(root: str | Path, folds: Sequence[int] | None = None) -> list[dict[str, Any]]:
@@ -145,23 +227,24 @@ def hc18_items(root: str | Path, folds: Sequence[int] | None = None) -> list[dic
     Returns:
         One item per image with its filled head mask, ``spacing`` = pixel size (mm) and
         ``meta["hc_mm"]`` = the official head circumference; ``patient_id = "hc18:<subject>"``.
+        A row with a bad value (e.g. a non-numeric ``pixel_size_mm``) is skipped with a warning
+        naming the file, line and column; the other rows are kept.
     """
     root = Path(root)
-    df = pd.read_csv(root / "labels.csv")
-    if folds is not None:
-        df = df[df["fold"].isin(list(folds))]
+    rows = read_table(root / "labels.csv", _HC18_COLS)
     return [
         make_item(
-            root / r.image,
+            root / r["image"],
             dataset="hc18",
             organ="fetus",
-            mask_paths=[root / r.mask],
-            patient_id=f"hc18:{r.subject_id}",
-            video_id=f"hc18:{Path(r.image).stem}",
-            spacing=float(r.pixel_size_mm),
-            meta={"fold": int(r.fold), "hc_mm": float(r.head_circumference_mm)},
+            mask_paths=[root / r["mask"]],
+            patient_id=f"hc18:{r['subject_id']}",
+            video_id=f"hc18:{Path(r['image']).stem}",
+            spacing=r["pixel_size_mm"],
+            meta={"fold": r["fold"], "hc_mm": r["head_circumference_mm"]},
         )
-        for r in df.itertuples()
+        for r in rows
+        if folds is None or r["fold"] in folds
     ]
 
 
@@ -189,12 +272,13 @@ def pocus_videos(
     """
     clips = pocus_items(root, "clips", include_viral, include_uncertain, folds)
     if source == "frames":
-        frames = pd.read_csv(Path(root) / "frames.csv").sort_values(["sample_id", "frame_index"])
-        by_clip = {sid: g for sid, g in frames.groupby("sample_id", sort=False)}
+        by_clip: dict[str, list[dict[str, Any]]] = {}
+        for r in _pocus_frames(Path(root), True, True, None):
+            by_clip.setdefault(r["sample_id"], []).append(r)
         for c in clips:
-            g = by_clip[c["meta"]["sample_id"]]
-            c["meta"]["frame_paths"] = [str(Path(root) / f) for f in g["frame_file"]]
-            c["meta"]["frame_indices"] = [int(i) for i in g["frame_index"]]
+            g = sorted(by_clip.get(c["meta"]["sample_id"], []), key=lambda r: r["frame_index"])
+            c["meta"]["frame_paths"] = [str(Path(root) / r["frame_file"]) for r in g]
+            c["meta"]["frame_indices"] = [r["frame_index"] for r in g]
     elif source != "raw":
         raise ValueError(f"pocus_videos: unknown source {source!r}; valid: 'frames', 'raw'")
     return ClipCollection(clips, img_size=img_size, max_frames=max_frames)

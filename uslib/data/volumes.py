@@ -35,7 +35,7 @@ from uslib.data.synthetic.probe import Pose
 from uslib.data.synthetic.render import render_frame
 from uslib.data.synthetic.tasks import draw_scene, get_task, to_uint8
 from uslib.data.synthetic.video import make_speckle
-from uslib.models.adaptive_vit import TWO_D_Z_SPACING, aniso_d
+from uslib.ops.anisotropy import TWO_D_Z_SPACING, aniso_d
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

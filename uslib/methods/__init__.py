@@ -29,12 +29,16 @@ class MethodSpec:
         build: ``cfg -> Method`` (weights seeded from ``cfg.seed``).
         train_data: ``(cfg, method) -> TrainData``; reads ``cfg.data`` (``data_root`` included)
             and may use the built method (e.g. a teacher's embeddings for a coreset).
+        data_needs_fit: ``train_data`` takes a keyword ``fit`` (``uslib.engine.fit``) for a
+            data stage that trains a proxy model (TinyUSFM's coreset). Methods sit below the
+            engine and never import it (``.importlinter``); the driver hands the loop in.
     """
 
     name: str
     config_cls: type[MethodConfig]
     build: Callable[[Any], Method]
-    train_data: Callable[[Any, Method], TrainData]
+    train_data: Callable[..., TrainData]
+    data_needs_fit: bool = False
 
 
 METHODS: Registry[MethodSpec] = Registry("method")

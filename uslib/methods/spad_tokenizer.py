@@ -23,8 +23,8 @@ from uslib.data.volumes import GridBatchSampler, synthetic_volume_mix
 from uslib.methods import METHODS, MethodSpec
 from uslib.methods.base import Method, TrainData
 from uslib.models import create_backbone
-from uslib.models.adaptive_vit import depth_patch
 from uslib.models.spad_tokenizer import LocalLPIPS, codebook_usage_loss, confidence_loss
+from uslib.ops.anisotropy import depth_patch
 
 TOKENIZER_BACKBONE = "spad_tokenizer"
 
@@ -72,7 +72,7 @@ def volume_train_data(cfg: Any, patch: int) -> TrainData:
             f"data_root={d.data_root!r}: SPAD pretraining reads synthetic data only; wrap local "
             "files with uslib.data.volumes.LocalVolumes and pass TrainData(data=...)"
         )
-    from uslib.models.adaptive_vit import aniso_d
+    from uslib.ops.anisotropy import aniso_d
 
     for depth, ratio in zip(v.depths, v.slice_ratios, strict=True):
         dp = depth_patch(patch, aniso_d(ratio, 1.0))

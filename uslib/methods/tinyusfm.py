@@ -22,6 +22,7 @@ domain-masked reconstruction, which notebook 05 uses to pretrain its small teach
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -271,11 +272,14 @@ def build(cfg: TinyUSFMConfig) -> TinyUSFM:
     return TinyUSFM(cfg, teacher)
 
 
-def train_data(cfg: TinyUSFMConfig, method: TinyUSFM | None = None) -> TrainData:
+def train_data(
+    cfg: TinyUSFMConfig, method: TinyUSFM | None = None, *, fit: Callable[..., Any] | None = None
+) -> TrainData:
     """The candidate pool reduced to the coreset of ``cfg.coreset`` by ``method``'s teacher.
 
     Without a teacher (``teacher_backbone="none"``) or with ``coreset="none"`` the whole pool
-    is used. The selection is attached to the dataset as ``train.selection``.
+    is used. The selection is attached to the dataset as ``train.selection``. ``fit``
+    (``uslib.engine.fit``) trains the quality rank's proxy student.
     """
     from uslib.methods import tinyusfm_coreset
 
@@ -286,7 +290,7 @@ def train_data(cfg: TinyUSFMConfig, method: TinyUSFM | None = None) -> TrainData
     ):
         if method is None:
             method = build(cfg)
-        selection = tinyusfm_coreset.select(cfg, method, pool)
+        selection = tinyusfm_coreset.select(cfg, method, pool, fit=fit)
     from uslib.methods.tinyusfm_data import Subset
 
     train = Subset(pool, None if selection is None else selection.indices, selection)
@@ -295,6 +299,10 @@ def train_data(cfg: TinyUSFMConfig, method: TinyUSFM | None = None) -> TrainData
 
 METHODS.register("tinyusfm")(
     lambda: MethodSpec(
-        name="tinyusfm", config_cls=TinyUSFMConfig, build=build, train_data=train_data
+        name="tinyusfm",
+        config_cls=TinyUSFMConfig,
+        build=build,
+        train_data=train_data,
+        data_needs_fit=True,
     )
 )

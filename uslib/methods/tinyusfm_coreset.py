@@ -7,7 +7,8 @@
   means of the distilled blocks), computed in chunks without gradients, (N, D);
 * ``gradient_curves``: a proxy student (a fresh copy of the student architecture plus a linear
   head to the teacher width) regresses the teacher embedding of each image for a few warm-up
-  epochs through ``engine.fit``; at every visit of a sample its per-sample gradient norm of that
+  epochs through the engine's ``fit`` (passed in: methods sit below the engine,
+  ``.importlinter``); at every visit of a sample its per-sample gradient norm of that
   distillation loss with respect to the head is recorded (GraNd restricted to the last layer,
   exact in closed form: ``||dL_i/dW|| = (2/D) ||e_i|| sqrt(||h_i||^2 + 1)``), (N, E).
 
@@ -17,6 +18,7 @@ epochs"; our reconstruction, item 1.3).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from uslib.config import OptimConfig
 from uslib.data import coreset
-from uslib.engine import fit
 from uslib.methods.base import Method
 from uslib.models import create_backbone
 
@@ -102,8 +103,13 @@ def teacher_embeddings(
     return torch.cat(out).numpy()
 
 
-def gradient_curves(cfg: Any, pool: Dataset, targets: np.ndarray) -> np.ndarray:
-    """Per-sample gradient-norm curves (N, E) of a proxy student's warm-up on ``pool``."""
+def gradient_curves(
+    cfg: Any, pool: Dataset, targets: np.ndarray, fit: Callable[..., Any]
+) -> np.ndarray:
+    """Per-sample gradient-norm curves (N, E) of a proxy student's warm-up on ``pool``.
+
+    ``fit`` is ``uslib.engine.fit`` (the one training loop), handed in by the caller.
+    """
     epochs = int(cfg.coreset_warmup_epochs)
     if epochs < 1:
         raise ValueError(f"coreset_warmup_epochs must be >= 1, got {epochs}")
@@ -117,8 +123,14 @@ def gradient_curves(cfg: Any, pool: Dataset, targets: np.ndarray) -> np.ndarray:
     return proxy.curves
 
 
-def select(cfg: Any, method: Any, pool: Dataset) -> coreset.CoresetSelection:
-    """The coreset of ``cfg.coreset`` for ``pool`` using ``method``'s frozen teacher."""
+def select(
+    cfg: Any, method: Any, pool: Dataset, *, fit: Callable[..., Any] | None = None
+) -> coreset.CoresetSelection:
+    """The coreset of ``cfg.coreset`` for ``pool`` using ``method``'s frozen teacher.
+
+    ``fit`` (``uslib.engine.fit``) trains the proxy student of the quality rank; it is needed
+    only when ``cfg.coreset_weights[1] > 0`` with ``coreset="dual_rank"``.
+    """
     kind, n = cfg.coreset, len(pool)
     if kind not in SELECTIONS:
         raise ValueError(f"coreset must be one of {SELECTIONS}, got {kind!r}")
@@ -129,7 +141,14 @@ def select(cfg: Any, method: Any, pool: Dataset) -> coreset.CoresetSelection:
         sel, _, _ = coreset.k_center_greedy(emb, cfg.coreset_budget, seed=cfg.seed,
                                             chunk_size=cfg.coreset_chunk)  # fmt: skip
         return sel
-    curves = gradient_curves(cfg, pool, emb) if cfg.coreset_weights[1] > 0 else None
+    curves = None
+    if cfg.coreset_weights[1] > 0:
+        if fit is None:
+            raise ValueError(
+                "the quality rank (coreset_weights[1] > 0) trains a proxy student: pass "
+                "fit=uslib.engine.fit (uslib.pretraining.train_data does)"
+            )
+        curves = gradient_curves(cfg, pool, emb, fit)
     sel = coreset.dual_rank_select(
         emb, cfg.coreset_budget, curves=curves, n_clusters=min(cfg.coreset_clusters, n),
         distance_bins=cfg.coreset_bins, weights=tuple(cfg.coreset_weights),

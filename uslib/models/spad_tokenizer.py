@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uslib.models.adaptive_vit import reduce_depth_kernel
+from uslib.ops.anisotropy import reduce_depth_kernel
 
 
 def _log2(s: int) -> int:

@@ -107,7 +107,7 @@ def frequency_mask(x: torch.Tensor, r1: float, r2: float) -> tuple[torch.Tensor,
         raise ValueError(f"frequency_mask expects (B, C, H, W), got {tuple(x.shape)}")
     h, w = x.shape[-2:]
     removed = band_stop(h, w, r1, r2, x.device)
-    spec = torch.fft.fft2(x.float())
+    spec = torch.fft.fft2(x.to(torch.promote_types(x.dtype, torch.float32)))
     spec = spec.masked_fill(removed, 0)
     return torch.fft.ifft2(spec).real.to(x.dtype), removed
 

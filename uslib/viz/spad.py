@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from uslib.models.adaptive_vit import depth_patch
+from uslib.ops.anisotropy import depth_patch
 
 
 def _np(x: Any) -> np.ndarray:
