@@ -205,8 +205,92 @@ class MultiViewTransform:
         return len(self.transforms)
 
 
+def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (C, H, W) with std ``sigma`` px (kernel 2*ceil(3 sigma)+1)."""
+    r = max(1, int(math.ceil(3.0 * sigma)))
+    r = min(r, min(img.shape[-2:]) - 1)  # reflect padding needs r < side
+    x = torch.arange(-r, r + 1, dtype=img.dtype)
+    k = torch.exp(-0.5 * (x / max(sigma, 1e-6)) ** 2)
+    k = k / k.sum()
+    c = img.shape[0]
+    out = F.pad(img[None], (r, r, r, r), mode="reflect")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return out[0]
+
+
+class DINOCrop:
+    """One DINO/iBOT view of a grey frame: crop, flip, jitter, blur, solarize (OpenUS §1.2.1).
+
+    ``RandomResizedCrop(size, scale, ratio 3/4..4/3) -> HFlip 0.5 -> ColorJitter(brightness 0.4,
+    contrast 0.4) with p 0.8 -> GaussianBlur(sigma ~ U(0.1, 2.0) * size / 224) with p ``blur_p``
+    -> Solarize(0.5) with p ``solarize_p````. Saturation, hue and RandomGrayscale of the RGB
+    recipe do nothing on grey frames and are left out; the blur radius is scaled with the crop
+    size (the recipe's 0.1-2.0 px is for 224/96 px crops).
+
+    Args:
+        size: output side (224 / 96 in the paper; 64 / 32 at ``cpu``).
+        scale: area fraction range (global (0.14, 1.0), local (0.05, 0.4)).
+        blur_p, solarize_p: application probabilities (global 1: 1.0 / 0; global 2: 0.1 / 0.2;
+            local: 0.5 / 0).
+
+    Shape: ``(1, H, W)`` in [0, 1] -> ``(1, size, size)`` in [0, 1] (not normalised).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float],
+        blur_p: float,
+        solarize_p: float = 0.0,
+        jitter: float = 0.4,
+        jitter_p: float = 0.8,
+    ) -> None:
+        self.size, self.scale, self.blur_p, self.solarize_p = int(size), scale, blur_p, solarize_p
+        self.jitter, self.jitter_p = jitter, jitter_p
+
+    def __call__(self, img: Any, rng: np.random.Generator) -> torch.Tensor:
+        x = to_image_tensor(img)
+        top, left, h, w = random_resized_crop_box(*x.shape[-2:], rng, self.scale, (3 / 4, 4 / 3))
+        x = resize(x[:, top : top + h, left : left + w], self.size).clamp(0.0, 1.0)
+        if rng.random() < 0.5:
+            x = x.flip(-1)
+        if rng.random() < self.jitter_p:
+            j = self.jitter
+            x = adjust_brightness(x, float(rng.uniform(1 - j, 1 + j)))
+            x = adjust_contrast(x, float(rng.uniform(1 - j, 1 + j)))
+        if rng.random() < self.blur_p:
+            x = gaussian_blur(x, float(rng.uniform(0.1, 2.0)) * self.size / 224.0)
+        if rng.random() < self.solarize_p:
+            x = torch.where(x >= 0.5, 1.0 - x, x)
+        return x.contiguous()
+
+    def __repr__(self) -> str:
+        return (f"DINOCrop(size={self.size}, scale={self.scale}, blur_p={self.blur_p}, "
+                f"solarize_p={self.solarize_p})")  # fmt: skip
+
+
+def dino_multicrop(
+    global_size: int,
+    local_size: int,
+    n_local: int = 8,
+    global_scale: tuple[float, float] = (0.14, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.4),
+) -> tuple[MultiViewTransform, MultiViewTransform]:
+    """The OpenUS/iBOT multi-crop: (2 global views, ``n_local`` local views) transforms.
+
+    Global 1: blur p 1.0; global 2: blur p 0.1, solarize p 0.2; locals: blur p 0.5 (§1.2.1).
+    """
+    globals_ = MultiViewTransform(
+        [DINOCrop(global_size, global_scale, 1.0), DINOCrop(global_size, global_scale, 0.1, 0.2)]
+    )
+    locals_ = MultiViewTransform([DINOCrop(local_size, local_scale, 0.5)] * n_local)
+    return globals_, locals_
+
+
 __all__ = [
     "META_USCL_MEAN",
+    "DINOCrop",
     "META_USCL_STD",
     "USCL_MEAN",
     "USCL_STD",
@@ -216,6 +300,8 @@ __all__ = [
     "USCLAugment",
     "adjust_brightness",
     "adjust_contrast",
+    "dino_multicrop",
+    "gaussian_blur",
     "random_resized_crop_box",
     "resize",
     "to_image_tensor",
