@@ -157,6 +157,8 @@ class OpenUS(Method):
         self.register_buffer("center_patch", torch.zeros(1, 1, c.out_dim))
         self.loss_map = om.LossMapEMA(self.grid[0] * self.grid[1], c.loss_map_momentum)
         self.last: dict[str, torch.Tensor] = {}  # tensors of the last step, for figures
+        self.recorder: list[dict[str, Any]] | None = None  # set a list to record (notebook 03)
+        self.record_every = 1
 
     @property
     def encoder(self) -> nn.Module:
@@ -227,7 +229,9 @@ class OpenUS(Method):
         with torch.no_grad():
             t_cls, t_patch, _ = self.teacher(g)
             attn = self.teacher.backbone.token_attention(g)  # (2B, L), §1.3.1
-            score = om.blend_scores(attn, self.loss_map.map(), s["alpha"], c.alpha_direction)
+            lm = self.loss_map.map()
+            lm = None if lm is None else lm.clone()  # the map this step uses
+            score = om.blend_scores(attn, lm, s["alpha"], c.alpha_direction)
             gmask = om.adaptive_mask(score, c.mask_ratio, s["m_t"], c.k_top_of)
             p_cls = teacher_probs(t_cls, self.center_cls, s["teacher_temp"])
             p_patch = teacher_probs(t_patch, self.center_patch, s["teacher_patch_temp"])
@@ -246,6 +250,9 @@ class OpenUS(Method):
             update_center_(self.center_patch, t_patch.mean((0, 1), keepdim=True), cm)
             self.loss_map.update(om.patch_importance(pred, g, pix, self.grid))
         self.last = {"attn": attn, "score": score, "mask": gmask, "globals": batch["globals"]}
+        if self.recorder is not None and self.progress.step % max(1, self.record_every) == 0:
+            first = {k: v[:b].detach().clone() for k, v in self.last.items()}  # view 1
+            self.recorder.append({"step": self.progress.step, **s, "loss_map": lm, **first})
         return {"loss": loss, "cls": l_cls.detach(), "patch": l_patch.detach(),
                 "rec_global": rec_g.detach(), "rec_local": rec_l.detach()}  # fmt: skip
 
