@@ -122,3 +122,12 @@ def test_coreset_in_train_data_respects_budget() -> None:
     assert data.train.selection.scores["curves"].shape == (n_pool, cfg.coreset_warmup_epochs)
     again = tinyusfm.train_data(cfg, tinyusfm.build(cfg), fit=fit)
     assert again.train.indices.tolist() == data.train.indices.tolist()
+
+
+def test_teacher_blocks_follow_student_depth_fractions() -> None:
+    assert tinyusfm.proportional_blocks((4, 8, 12), 12, 12) == (4, 8, 12)
+    assert tinyusfm.proportional_blocks((4, 8, 12), 12, 8) == (3, 5, 8)  # 2.67, 5.33, 8
+    assert tinyusfm.proportional_blocks((1, 2), 2, 4) == (2, 4)
+    cfg = tinyusfm.TinyUSFMConfig(teacher_backbone="vit_mae_smoke_large")  # 4 blocks
+    method = tinyusfm.build(cfg)
+    assert method.teacher_blocks == (2, 4) and method.teacher_idx == [1, 3]

@@ -62,7 +62,7 @@ class TinyUSFMConfig(MethodConfig):
     teacher_checkpoint: str | None = None  # None: random-init teacher (smoke only)
     teacher_format: str = "encoder"  # "encoder" (uslib encoder.yaml) | load_official kind
     student_blocks: tuple[int, ...] = (1, 2)  # paper (4, 8, 12) (§2.1 figure)
-    teacher_blocks: tuple[int, ...] = (1, 2)
+    teacher_blocks: tuple[int, ...] = ()  # (): the student blocks' depth fractions (ours)
     spatial_ratio: float = 0.5  # rho_s (ours; USFM's value unknown)
     mask_patch: int = 0  # side of a masked square; 0 = the student's patch size
     freq_band: tuple[float, float] = (0.1, 0.4)  # removed annulus [r1, r2], Nyquist units (ours)
@@ -94,14 +94,14 @@ class TinyUSFMConfig(MethodConfig):
     )
 
     PRESETS = {
-        # cpu: the paper's student (vit_tiny_usfm, p16) at 64 px (4 x 4 tokens), a ViT-S teacher
-        # trained in notebook 05; 1200-image multi-organ pool, 30 % coreset (measured in the
-        # notebook's cpu run, see README)
+        # cpu: the paper's student (vit_tiny_usfm, p16) at 64 px (4 x 4 tokens); the teacher is
+        # notebook 04's MAE teacher (192-d x 8, p8), found in the run folders or trained by 05
+        # with 04's recipe; 1200-image multi-organ pool, 30 % coreset, 6 epochs (~8 min budget)
         "cpu": {
-            "backbone": "vit_tiny_usfm", "teacher_backbone": "vit_small",
-            "student_blocks": (4, 8, 12), "teacher_blocks": (4, 8, 12),
+            "backbone": "vit_tiny_usfm", "teacher_backbone": "vit_large_patch8_64",
+            "student_blocks": (4, 8, 12),  # teacher: same depth fractions (3/5/8 of 04's 8)
             "data": {"img_size": 64, "n_per_class": 200},
-            "optim": {"epochs": 8, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1.0},
+            "optim": {"epochs": 6, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1.0},
             "coreset_budget": 0.3, "coreset_clusters": 12, "coreset_bins": 4,
             "coreset_warmup_epochs": 2,
         },
@@ -115,6 +115,13 @@ class TinyUSFMConfig(MethodConfig):
             "optim": {"epochs": 100, "batch_size": 256, "lr": 1.5e-4, "warmup_epochs": 5.0},
         },
     }  # fmt: skip
+
+
+def proportional_blocks(blocks: tuple[int, ...], depth: int, target_depth: int) -> tuple[int, ...]:
+    """1-based blocks of a ``depth``-block net mapped to the same depth fractions of a
+    ``target_depth``-block one: ``max(1, round(b * target_depth / depth))`` (4/8/12 of 12 -> 3/5/8
+    of 8; identity for equal depths)."""
+    return tuple(max(1, min(target_depth, round(b * target_depth / depth))) for b in blocks)
 
 
 class TinyUSFM(Method):
@@ -145,9 +152,12 @@ class TinyUSFM(Method):
         self.teacher_norm = None if teacher is None else teacher.input_norm
         self.teacher_idx: list[int] = []
         if self.teacher is not None:
-            self.teacher_idx = self._indices(
-                cfg.teacher_blocks, len(self.teacher.blocks), "teacher"
+            t_depth = len(self.teacher.blocks)
+            t_blocks = cfg.teacher_blocks or proportional_blocks(
+                cfg.student_blocks, len(self.student.blocks), t_depth
             )
+            self.teacher_blocks = tuple(t_blocks)
+            self.teacher_idx = self._indices(self.teacher_blocks, t_depth, "teacher")
             if len(self.teacher_idx) != len(self.student_idx):
                 raise ValueError(f"student_blocks {cfg.student_blocks} and teacher_blocks "
                                  f"{cfg.teacher_blocks} must pair up one to one")  # fmt: skip
