@@ -217,3 +217,23 @@ def test_last_layer_frozen_for_first_epoch():
     ids = {id(p) for g in frozen for p in g["params"]}
     names = {n for n, p in m.named_parameters() if id(p) in ids}
     assert names and all("last_layer" in n and n.startswith("student.") for n in names)
+
+
+def test_multicrop_views_shapes_range_and_determinism():
+    import numpy as np
+
+    from uslib.data.transforms import dino_multicrop, gaussian_blur
+
+    const = torch.full((1, 16, 16), 0.3)
+    torch.testing.assert_close(gaussian_blur(const, 1.5), const)  # normalised kernel
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    ds = om.MultiCropImages(imgs, dino_multicrop(64, 32, 3), 0.3, 32, seed=1)
+    a, b = ds[1], ds[1]
+    assert a["globals"].shape == (2, 1, 64, 64) and a["locals"].shape == (3, 1, 32, 32)
+    assert a["local_masks"].shape == (3, 1, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # a function of (seed, epoch, index)
+    assert 0.0 <= float(a["globals"].min()) and float(a["globals"].max()) <= 1.0
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["globals"], a["globals"])
+    big = om.MultiCropImages(imgs, dino_multicrop(96, 96, 2), 0.3, 32, seed=1)[0]
+    assert big["local_masks"].shape == (2, 3, 3) and (big["local_masks"].sum((1, 2)) <= 2).all()
