@@ -87,14 +87,14 @@ class OpenUSConfig(MethodConfig):
     PRESETS = {
         # cpu: vmamba_smoke (16..128 wide, 1 block per stage), 64 px globals / 32 px locals
         # (2x2 / 1x1 final grids: ceil(0.6*4) = 3 of 4 global tokens masked; a 1x1 local grid
-        # takes no 30 % block mask, so L_rec^local is 0 there), 4 locals; 3 tasks x 40 stills
-        # per class; batch 32, 6 epochs (measured ~3.5 s/step on 2 shared cores)
+        # takes no 30 % block mask, so L_rec^local is 0 there), 4 locals; 3 tasks x 60 stills
+        # per class; batch 32, 15 epochs (300 steps; 0.35 s/step on 2 idle cores, bench_openus)
         "cpu": {
             "tasks": ("lung", "breast", "liver"), "n_local": 4,
             "out_dim": 1024, "head_hidden": 256, "head_bottleneck": 64,
-            "teacher_temp_warmup_epochs": 1.2,  # 30/151 of the run, as §1.2.3
-            "data": {"img_size": 64, "n_per_class": 40},
-            "optim": {"epochs": 6, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1.0},
+            "teacher_temp_warmup_epochs": 3.0,  # 30/151 of the run, as §1.2.3
+            "data": {"img_size": 64, "n_per_class": 60},
+            "optim": {"epochs": 15, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1.0},
         },
         "paper": {
             "backbone": "vmamba_small",  # §1.1 VMamba-S
