@@ -18,8 +18,15 @@ import numpy as np
 from PIL import Image
 
 from uslib.config import ConfigBase
-from uslib.data.items import make_item
+from uslib.data.items import LAYOUTS, make_item
 from uslib.data.sources import hc18_items, pocus_items
+from uslib.data.validation import LayoutError, MediaError
+
+REAL_LAYOUTS: dict[str, str] = {
+    "pocus": "samples.csv + frames.csv (POCUS lung, pocus_items)",
+    "hc18": "labels.csv with a head_circumference_mm column (HC18, hc18_items)",
+}
+"""The real layouts :func:`find_real_sets` looks for (at ``data_root`` and two levels below)."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +69,21 @@ def write_records(
 
     Returns:
         Items pointing at the files (labels, ids, spacing and scalar meta kept).
+
+    Raises:
+        MediaError: a record with NaN/Inf pixels (``reason="non-finite pixels"``, naming the file
+            it would have written): an 8-bit PNG cannot store them, and casting would write 0.
     """
     out, items = Path(out_dir), []
     for n, rec in enumerate(records):
         folder = out / rec["dataset"]
-        folder.mkdir(parents=True, exist_ok=True)
         img = np.asarray(rec["image"], np.float32)[0]
         path = folder / f"{prefix}{n:05d}.png"
+        n_bad = int((~np.isfinite(img)).sum())
+        if n_bad:
+            raise MediaError(path, "non-finite pixels", f"record {n} of {rec['dataset']!r} has "
+                             f"{n_bad} NaN/Inf of {img.size} pixels; not written")  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((np.clip(img, 0, 1) * 255.0 + 0.5).astype(np.uint8)).save(path)
         masks = []
         if bool(rec.get("has_mask", False)):
@@ -95,16 +110,21 @@ def assemble_items(
 
     Synthetic: ``uslib.data.synthetic.SyntheticStills(task, "train", cfg.n_per_class, cfg,
     cfg.seed)``, one patient per image. Real: :func:`real_items` capped at ``cfg.real_limit``.
+
+    Raises:
+        LayoutError: ``data_root`` is given but holds no real layout (:data:`REAL_LAYOUTS`), e.g.
+            a class-folder root: never silently the synthetic items only.
     """
     from uslib.data.synthetic import SyntheticStills
 
+    real = []  # listed first: a wrong data_root fails before any file is written
+    if data_root is not None:
+        real = real_items(data_root, limit=cfg.real_limit or None, seed=cfg.seed)
     items: list[dict[str, Any]] = []
     for task in cfg.tasks:
         ds = SyntheticStills(task, "train", cfg.n_per_class, cfg, seed=cfg.seed)
         items += write_records((ds[i] for i in range(len(ds))), out_dir, prefix="train_")
-    if data_root is not None:
-        items += real_items(data_root, limit=cfg.real_limit or None, seed=cfg.seed)
-    return items
+    return items + real
 
 
 def find_real_sets(data_root: str | Path) -> dict[str, Path]:
@@ -137,8 +157,20 @@ def real_items(
         limit: keep at most this many items per set, taken by whole groups (patients) in a
             seeded order so that a capped set still splits cleanly.
         seed: order of the groups when capping.
+
+    Raises:
+        LayoutError: no real layout under ``data_root`` (the layouts looked for are listed, and
+            the generic ones of :mod:`uslib.data.items` named as the way in for other folders).
     """
     sets = find_real_sets(data_root)
+    if not sets:
+        looked = "; ".join(f"{k}: {v}" for k, v in REAL_LAYOUTS.items())
+        generic = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+        raise LayoutError(
+            f"{data_root}: no real data set found at it or two levels below. Layouts looked for: "
+            f"{looked}. Other folders are listed by the generic layouts of uslib.data.items "
+            f"({generic}), then passed to build_manifest"
+        )
     loaders = {"pocus": lambda p: pocus_items(p, "frames"), "hc18": hc18_items}
     out: list[dict[str, Any]] = []
     for name, path in sets.items():

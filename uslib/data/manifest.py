@@ -52,7 +52,7 @@ from uslib.data.media import (
     video_info,
 )
 from uslib.data.sources import hc18_items, pocus_items
-from uslib.data.validation import DEFAULT_RULES, MIN_SIDE, Rules, check_size
+from uslib.data.validation import DEFAULT_RULES, MIN_SIDE, Rules, check_size, logger
 
 __all__ = [
     "INFO_COLUMNS",
@@ -241,6 +241,7 @@ def build_manifest(
             # the row names the item; the detail names the failing file (maybe its mask)
             rejects.append({"path": item["path"], "dataset": item["dataset"], "reason": e.reason,
                             "detail": str(e)})  # fmt: skip
+            logger.info("rejected %s (manifest rejects table)", e)
             continue
         row = {k: item[k] for k in ITEM_COLUMNS} | info
         row["mask_paths"] = [str(p) for p in item["mask_paths"]]

@@ -218,6 +218,12 @@ def _link_problem(path: Path) -> str | None:
     return None
 
 
+def _above(link: str, top: str) -> bool:
+    """Whether a folder link resolves to ``top`` (the walk's real root) or a folder above it."""
+    real = os.path.realpath(link)
+    return top == real or top.startswith(real.rstrip(os.sep) + os.sep)
+
+
 def _entry_skip(entry: os.DirEntry[str], exts: frozenset[str], hint: dict[str, str]) -> str | None:
     """Why a directory entry that is not a folder is not listed, or None to list it."""
     if not entry.is_file():
@@ -253,6 +259,7 @@ def list_files(
     hint = hint or {}
     out: list[Path] = []
     seen: set[str] = set()
+    top = os.path.realpath(folder)
     stack = [Path(folder)]
     while stack:
         d = stack.pop()
@@ -273,6 +280,9 @@ def list_files(
                 logger.debug("skipped %s: hidden", entry.path)
             elif broken:
                 logger.warning("skipped %s: %s", entry.path, broken)
+            elif entry.is_dir() and entry.is_symlink() and _above(entry.path, top):
+                logger.warning("skipped %s: link loop (to a folder at or above %s)", entry.path,
+                               folder)  # fmt: skip
             elif entry.is_dir():
                 subdirs.append(Path(entry.path))
             elif (why := _entry_skip(entry, exts, hint)) is None:
