@@ -378,6 +378,17 @@ def test_adapter_resizes_fixed_size_encoders_and_normalises():
     assert fixed(torch.rand(2, 1, 32, 32)).shape == (2, usfm.num_features)
 
 
+def test_adapter_keeps_a_frozen_encoder_in_eval_through_extract_features():
+    from uslib.models.adapter import adapt_encoder
+
+    for mode in (False, True):  # the adapter adopts the mode of what it wraps
+        enc = ToyEncoder().train(mode)
+        wrapped = adapt_encoder(enc, norm=(0.5, 0.25))
+        assert wrapped.training is mode
+        extract_features(wrapped, toy_records(2), batch_size=4)
+        assert enc.training is mode and wrapped.training is mode
+
+
 def test_cached_feature_maps_train_the_same_decoder_as_end_to_end():
     cfg = EvalConfig(epochs=2, batch_size=4)
     enc, out = ToyEncoder(), {}

@@ -31,6 +31,9 @@ class EncoderAdapter(nn.Module):
         self.norm = (float(norm[0]), float(norm[1])) if norm is not None else None
         self.num_features, self.in_chans = inner.num_features, inner.in_chans
         self.feature_info = inner.feature_info
+        # Adopt the wrapped encoder's mode: a fresh module is in train mode, and callers that
+        # restore the mode they found (extract_features) would otherwise flip a frozen encoder.
+        self.train(inner.training)
 
     def _fit(self, x: torch.Tensor) -> torch.Tensor:
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
