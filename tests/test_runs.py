@@ -150,3 +150,18 @@ def test_load_encoder_applies_input_norm_like_notebook_07(tmp_path) -> None:
     raw, _ = runs.load_encoder(run_dir / "checkpoints" / "encoder.yaml", raw=True)
     unnormalised = extract_features(raw, data).x
     assert not np.allclose(unnormalised, ours)  # the norm matters, so the test can fail
+
+
+def test_repo_relative_paths_round_trip(tmp_path, monkeypatch):
+    """Recorded paths inside the repository are repo-relative (two clones record the same string)
+    and resolve back to the same file from any working directory; outside paths stay absolute."""
+    from uslib.paths import repo_relative, repo_root, resolve_repo_path
+
+    inside = repo_root() / "papermill_runs" / "cpu" / "x" / "checkpoints" / "encoder.yaml"
+    rel = repo_relative(inside)
+    assert rel == "papermill_runs/cpu/x/checkpoints/encoder.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_repo_path(rel) == inside
+    outside = tmp_path / "teacher.pth"
+    assert repo_relative(outside) == str(outside)
+    assert resolve_repo_path(str(outside)) == outside

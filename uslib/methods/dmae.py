@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from uslib.methods.mae import train_data as mae_train_data
 from uslib.models import create_backbone
 from uslib.models.checkpoints import load_official
 from uslib.models.heads import MAEDecoder
-from uslib.paths import repo_root
+from uslib.paths import repo_relative, resolve_repo_path
 
 TEACHER_MODES: tuple[str, ...] = ("partial", "full")
 """``partial``: blocks 0..k only (paper, notes D-1); ``full``: the released code's full teacher
@@ -80,11 +79,6 @@ class DMAEConfig(MAEConfig):
     }  # fmt: skip
 
 
-def _resolve(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else repo_root() / p
-
-
 def load_teacher(cfg: DMAEConfig) -> tuple[nn.Module, str]:
     """Build the teacher encoder named by ``cfg.teacher_checkpoint``; returns (module, source).
 
@@ -95,7 +89,7 @@ def load_teacher(cfg: DMAEConfig) -> tuple[nn.Module, str]:
     kw = {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans}
     if cfg.teacher_checkpoint is None:
         return create_backbone(cfg.teacher_backbone, **kw), "random"
-    path = _resolve(cfg.teacher_checkpoint)
+    path = resolve_repo_path(cfg.teacher_checkpoint)
     if path.is_dir():
         path = path / "checkpoints" / runs.ENCODER_SPEC
     if not path.is_file():
@@ -121,10 +115,10 @@ def load_teacher(cfg: DMAEConfig) -> tuple[nn.Module, str]:
         if norm is not None and tuple(norm) != tuple(DMAE.input_norm or ()):
             raise ValueError(f"teacher {path} was trained with input_norm {norm}, not "
                              f"{DMAE.input_norm}")  # fmt: skip
-        return teacher, str(path)
+        return teacher, repo_relative(path)
     teacher = create_backbone(cfg.teacher_backbone, **kw)
     load_official(teacher, path, "mae")
-    return teacher, str(path)
+    return teacher, repo_relative(path)
 
 
 class DMAE(MAE):

@@ -32,6 +32,7 @@ from uslib.config import DataConfig
 from uslib.data.coreset import CoresetSelection
 from uslib.models import create_backbone
 from uslib.models.checkpoints import KINDS, load_official
+from uslib.paths import repo_relative, resolve_repo_path
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -73,7 +74,7 @@ def build_teacher(cfg: Any) -> TeacherInfo | None:
             )
         kw = {"in_chans": d.in_chans, "img_size": d.img_size}
         return TeacherInfo(create_backbone(cfg.teacher_backbone, **kw), None, "random init")
-    p = Path(path)
+    p = resolve_repo_path(path)
     if fmt == "encoder" and p.is_dir():
         p = (
             p / "checkpoints" / runs.ENCODER_SPEC
@@ -86,11 +87,11 @@ def build_teacher(cfg: Any) -> TeacherInfo | None:
         module, spec = runs.load_encoder(p, raw=True)
         norm = spec.get("input_norm")
         return TeacherInfo(
-            module, None if norm is None else (float(norm[0]), float(norm[1])), str(p)
+            module, None if norm is None else (float(norm[0]), float(norm[1])), repo_relative(p)
         )
     module = create_backbone(cfg.teacher_backbone, in_chans=d.in_chans, img_size=d.img_size)
     load_official(module, p, fmt)
-    return TeacherInfo(module, None, str(p))
+    return TeacherInfo(module, None, repo_relative(p))
 
 
 class ImagePool(Dataset):
