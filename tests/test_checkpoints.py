@@ -260,3 +260,103 @@ def test_reader_containers_and_trust(tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="flat state dict"):
         read_state_dict(tmp_path / "list.pth")
+
+
+def _vmamba_v2_state(dims, depths, in_chans=3, d_state=1, seed=0) -> dict[str, torch.Tensor]:
+    """A state dict in VMamba v2's channel-first layout (OpenUS backbone, notes §1.1), written
+    from the layout description and not from uslib's module tree: stem ``patch_embed.{0,2,5,7}``,
+    ``layers.i.blocks.j.{norm, op, norm2, mlp.fc1, mlp.fc2}``, ``layers.i.downsample.{1,3}``,
+    ``outnorm{i}``, ``masked_embed`` [1, C]."""
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g) * 0.1
+
+    c0 = dims[0]
+    sd = {"patch_embed.0.weight": t(c0 // 2, in_chans, 3, 3), "patch_embed.0.bias": t(c0 // 2),
+          "patch_embed.2.weight": t(c0 // 2), "patch_embed.2.bias": t(c0 // 2),
+          "patch_embed.5.weight": t(c0, c0 // 2, 3, 3), "patch_embed.5.bias": t(c0),
+          "patch_embed.7.weight": t(c0), "patch_embed.7.bias": t(c0),
+          "masked_embed": t(1, c0)}  # fmt: skip
+    for i, (d, depth) in enumerate(zip(dims, depths, strict=True)):
+        inner, rank = 2 * d, math.ceil(d / 16)
+        for j in range(depth):
+            b = f"layers.{i}.blocks.{j}."
+            sd |= {b + "norm.weight": t(d), b + "norm.bias": t(d),
+                   b + "op.in_proj.weight": t(inner, d), b + "op.conv2d.weight": t(inner, 1, 3, 3),
+                   b + "op.x_proj_weight": t(4, rank + 2 * d_state, inner),
+                   b + "op.dt_projs_weight": t(4, inner, rank), b + "op.dt_projs_bias": t(4, inner),
+                   b + "op.A_logs": t(4 * inner, d_state), b + "op.Ds": t(4 * inner),
+                   b + "op.out_norm.weight": t(inner), b + "op.out_norm.bias": t(inner),
+                   b + "op.out_proj.weight": t(d, inner),
+                   b + "norm2.weight": t(d), b + "norm2.bias": t(d),
+                   b + "mlp.fc1.weight": t(4 * d, d), b + "mlp.fc1.bias": t(4 * d),
+                   b + "mlp.fc2.weight": t(d, 4 * d), b + "mlp.fc2.bias": t(d)}  # fmt: skip
+        if i + 1 < len(dims):
+            n = dims[i + 1]
+            sd |= {f"layers.{i}.downsample.1.weight": t(n, d, 3, 3),
+                   f"layers.{i}.downsample.1.bias": t(n),
+                   f"layers.{i}.downsample.3.weight": t(n),
+                   f"layers.{i}.downsample.3.bias": t(n)}  # fmt: skip
+        sd |= {f"outnorm{i}.weight": t(d), f"outnorm{i}.bias": t(d)}
+    return sd
+
+
+def test_openus_checkpoint_reads_the_teacher(tmp_path):
+    """OpenUS training checkpoint (notes §1.7 layout): the teacher's backbone fills every key of
+    a uslib VMamba (RGB stem summed to grey, masked_embed reshaped), heads/decoder are ignored,
+    and the student's different weights are not read."""
+    dims, depths = (16, 32, 64, 128), (1, 1, 1, 1)
+    teacher, student = (
+        _vmamba_v2_state(dims, depths, seed=0),
+        _vmamba_v2_state(dims, depths, seed=1),
+    )
+    ckpt = {
+        "teacher": {**{f"backbone.{k}": v for k, v in teacher.items()},
+                    "backbone.decoder.0.weight": torch.zeros(3, 3),
+                    "head.last_layer.weight_g": torch.ones(8, 1)},
+        "student": {f"module.backbone.{k}": v for k, v in student.items()},
+        "optimizer": {"state": {}, "param_groups": []}, "epoch": 150,
+        "args": argparse.Namespace(arch="vmamba_small"),
+        "ibot_loss": {"center": torch.zeros(1, 8), "center2": torch.zeros(1, 1, 8)},
+    }  # fmt: skip
+    path = tmp_path / "checkpoint0150.pth"
+    torch.save(ckpt, path)
+    model = create_backbone("vmamba_smoke", use_mask_token=True)
+    report = load_official(model, path, "openus")
+    got = model.state_dict()
+    assert set(report.loaded) == set(got)  # strict: every model key came from the file
+    assert torch.equal(got["stem.0.conv.weight"], teacher["patch_embed.0.weight"].sum(1, True))
+    assert torch.equal(got["stem.2.norm.weight"], teacher["patch_embed.7.weight"])
+    assert torch.equal(
+        got["stages.2.0.op.x_proj_weight"], teacher["layers.2.blocks.0.op.x_proj_weight"]
+    )
+    assert torch.equal(got["stages.1.0.mlp.2.weight"], teacher["layers.1.blocks.0.mlp.fc2.weight"])
+    assert torch.equal(got["downsamples.0.conv.weight"], teacher["layers.0.downsample.1.weight"])
+    assert torch.equal(got["downsamples.2.norm.bias"], teacher["layers.2.downsample.3.bias"])
+    assert torch.equal(got["out_norms.3.weight"], teacher["outnorm3.weight"])
+    assert torch.equal(got["mask_token"], teacher["masked_embed"].reshape(-1))
+    assert {"backbone.decoder.0.weight", "head.last_layer.weight_g"} <= set(report.ignored)
+    assert "summed 3 input channels" in report.adapted["stem.0.conv.weight"]
+    model.eval()(torch.rand(1, 1, 64, 64))  # the loaded weights run
+
+
+def test_vmamba_imagenet_init_lacks_outnorms(tmp_path):
+    """The ImageNet VMamba-S file OpenUS starts from (§1.1): ``{"model": ...}`` with a classifier
+    and no ``outnorm{i}``; strict loading names the missing out-norms, strict=False loads the
+    rest."""
+    dims, depths = (16, 32, 64, 128), (1, 1, 1, 1)
+    sd = {k: v for k, v in _vmamba_v2_state(dims, depths).items()
+          if not k.startswith(("outnorm", "masked_embed"))}  # fmt: skip
+    sd["classifier.head.weight"] = torch.zeros(1000, 128)
+    path = tmp_path / "vssm_small_0229_ckpt_epoch_222.pth"
+    torch.save({"model": sd}, path)
+    with pytest.raises(CheckpointError, match="out_norms"):
+        load_official(create_backbone("vmamba_smoke"), path, "vmamba")
+    report = load_official(create_backbone("vmamba_smoke"), path, "vmamba", strict=False)
+    assert sorted(report.missing) == [
+        f"out_norms.{i}.{p}" for i in range(4) for p in ("bias", "weight")
+    ]
+    assert "classifier.head.weight" in report.ignored

@@ -19,6 +19,17 @@ layouts per kind:
 * ``"uscl"``: USCL ``best_model.pth`` (``ResNetSimCLR``): ``features.<i>`` in torchvision child
   order (0 conv1, 1 bn1, 4-7 layer1-4); heads ``l1``, ``l2``, ``fc`` ignored as in the POCUS
   protocol. Into ``resnet18``. Ref: USCL notes §B.8, §B.10.
+* ``"openus"``: an OpenUS training checkpoint (``checkpoint{epoch:04}.pth``; no weights are
+  released yet, notes §1.7): ``{"student": {module.backbone.*, module.head.*}, "teacher":
+  {backbone.*, head.*}, "optimizer", "epoch", "args", "ibot_loss"}``. The **teacher** is read
+  (OpenUS evaluates the teacher backbone, §1.5). VMamba v2 layout, channel-first: stem
+  ``patch_embed.{0,2,5,7}`` (conv, LN, [GELU], conv, LN; the odd indices are Identity/GELU),
+  ``layers.i.blocks.j.{norm,op,norm2,mlp.fc1,mlp.fc2}``, ``layers.i.downsample.{1,3}`` (conv,
+  LN), ``outnorm{i}``, ``masked_embed`` [1, C]; heads and the SimMIM ``decoder*`` are ignored.
+  Into ``vmamba_small`` (``use_mask_token=True`` to keep ``masked_embed``). Ref: §1.1, §1.7.
+* ``"vmamba"``: the same backbone layout in ``{"model": ...}`` (the ImageNet VMamba-S file
+  ``vssm_small_0229_ckpt_epoch_222.pth`` OpenUS starts from, §1.1); ``classifier.*`` ignored,
+  and it has no ``outnorm{i}``: load with ``strict=False`` and read ``missing``.
 * ``"pumit"``: Lightning ``{"state_dict": ...}`` of ``ViTForMIM`` (tokenizer removed). [NOT
   VERIFIED]: the notes give no key list, so EVA-02 names are assumed (``q_bias``/``v_bias``,
   ``inner_attn_ln``, ``mlp.w1/w2/ffn_ln/w3``) after stripping ``model.``/``vit.``/``encoder.``
@@ -32,6 +43,7 @@ unexplained shape mismatches raise ``CheckpointError`` listing the first ``max_l
 from __future__ import annotations
 
 import argparse
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +55,7 @@ from torch import nn
 
 from uslib.ops.pos_embed import resample_pos_embed, resample_pos_embed_3d
 
-KINDS = ("tinyusfm", "usfm", "mae", "dmae", "mae_decoder", "uscl", "pumit")
+KINDS = ("tinyusfm", "usfm", "mae", "dmae", "mae_decoder", "uscl", "pumit", "openus", "vmamba")
 
 _PREFIXES = {
     "tinyusfm": ("module.model.", "model.", "module.", "backbone."),
@@ -53,11 +65,13 @@ _PREFIXES = {
     "mae_decoder": ("module.",),
     "uscl": ("module.",),
     "pumit": ("model.", "vit.", "encoder.", "backbone.", "module."),
+    "openus": ("module.backbone.", "backbone.", "module."),
+    "vmamba": ("module.", "backbone."),
 }
 _TV_CHILDREN = {0: "conv1", 1: "bn1", 4: "layer1", 5: "layer2", 6: "layer3", 7: "layer4"}
 # (old, new) renames applied after prefix stripping: entries starting with "." replace a substring,
 # the others replace a key prefix.
-_RENAMES = {
+_RENAMES: dict[str, list[tuple[str | re.Pattern[str], str]]] = {
     "uscl": [(f"features.{i}.", f"{name}.") for i, name in _TV_CHILDREN.items()],
     "mae_decoder": [
         ("decoder_embed.", "embed."),
@@ -76,6 +90,23 @@ _RENAMES = {
         (".mlp.w3.", ".mlp.fc2."),
     ],
 }
+# VMamba v2 (channel-first) -> uslib.models.vmamba; regex entries rename by pattern (§1.1)
+_VMAMBA_RENAMES: list[tuple[str | re.Pattern[str], str]] = [
+    ("patch_embed.0.", "stem.0.conv."),
+    ("patch_embed.2.", "stem.0.norm."),
+    ("patch_embed.5.", "stem.2.conv."),
+    ("patch_embed.7.", "stem.2.norm."),
+    (re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\."), r"stages.\1.\2."),
+    (re.compile(r"^layers\.(\d+)\.downsample\.1\."), r"downsamples.\1.conv."),
+    (re.compile(r"^layers\.(\d+)\.downsample\.3\."), r"downsamples.\1.norm."),
+    (re.compile(r"^outnorm(\d+)\."), r"out_norms.\1."),
+    (".mlp.fc1.", ".mlp.0."),
+    (".mlp.fc2.", ".mlp.2."),
+    ("masked_embed", "mask_token"),
+]
+_RENAMES["openus"] = _RENAMES["vmamba"] = _VMAMBA_RENAMES
+# container keys tried first, per kind, before the generic _WRAPPERS
+_PARTS = {"openus": ("teacher",)}
 _ONLY = {"mae_decoder": ("decoder_", "mask_token")}  # kinds reading one part of a shared file
 _DROP = ("relative_position_index", "rope.")  # derived buffers, rebuilt by the model
 _WRAPPERS = ("model", "state_dict", "module")  # container keys unwrapped by read_state_dict
@@ -115,13 +146,17 @@ class LoadReport:
         )
 
 
-def read_state_dict(path: str | Path, trusted: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, trusted: bool = False, parts: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """Read a ``.pth``/``.ckpt``/``.safetensors`` file; unwrap ``model``/``state_dict``/``module``.
 
     Args:
         path: local file.
         trusted: allow arbitrary pickled objects (``weights_only=False``); only for files you
             trust. By default tensors, containers and ``argparse.Namespace`` (MAE's ``args``) load.
+        parts: container keys to unwrap before the generic ones (``("teacher",)`` for OpenUS,
+            whose file also holds the student, the optimizer and the loss centres).
 
     Returns:
         Flat ``{name: tensor}``.
@@ -149,8 +184,9 @@ def read_state_dict(path: str | Path, trusted: bool = False) -> dict[str, torch.
         raise CheckpointError(
             f"cannot read checkpoint {path}: {type(err).__name__}: {err}{hint}"
         ) from err
-    while isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in _WRAPPERS):
-        obj = next(obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict))
+    wrappers = (*parts, *_WRAPPERS)
+    while isinstance(obj, dict) and any(isinstance(obj.get(k), dict) for k in wrappers):
+        obj = next(obj[k] for k in wrappers if isinstance(obj.get(k), dict))
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
     return obj
@@ -165,7 +201,9 @@ def _rename(key: str, kind: str) -> str | None:
     if kind in _ONLY and not key.startswith(_ONLY[kind]):
         return None
     for old, new in _RENAMES.get(kind, []):
-        if old.startswith(".") and old in key:
+        if isinstance(old, re.Pattern):
+            key = old.sub(new, key, count=1)
+        elif old.startswith(".") and old in key:
             key = key.replace(old, new, 1)
         elif key.startswith(old):
             key = new + key[len(old) :]
@@ -176,8 +214,10 @@ def _adapt(
     key: str, src: torch.Tensor, dst: torch.Tensor, model: nn.Module
 ) -> tuple[torch.Tensor, str]:
     """Return ``src`` reshaped to ``dst``'s shape and a note, or raise ValueError."""
+    if key.endswith("mask_token") and src.numel() == dst.numel():
+        return src.reshape(dst.shape), f"reshaped {tuple(src.shape)} to {tuple(dst.shape)}"
     if (
-        key.endswith(("patch_embed.proj.weight", "conv1.weight"))
+        key.endswith(("patch_embed.proj.weight", "conv1.weight", "stem.0.conv.weight"))
         and src.ndim == dst.ndim
         and (src.shape[:1] + src.shape[2:] == dst.shape[:1] + dst.shape[2:])
     ):
@@ -234,7 +274,7 @@ def load_official(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose from {KINDS}")
-    state = read_state_dict(path, trusted=trusted)
+    state = read_state_dict(path, trusted=trusted, parts=_PARTS.get(kind, ()))
     report = LoadReport(path=str(path), kind=kind)
     target = model.state_dict()
     tops = {k.split(".", 1)[0] for k in target}
