@@ -217,3 +217,60 @@ def test_evaluation_figures_are_figures():
     assert all(isinstance(f, Figure) for f in figs)
     ax = figs[0].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "100"]  # % of labels
+
+
+def test_vs_random_table_pairs_each_encoder_with_its_backbone_twin():
+    """Each pretrained encoder is compared with the random-init encoder of its own backbone, and
+    the mark follows the interval rule (a hand-made case for ▲, ▼ and ≈)."""
+    from uslib.evaluation.report import separation, vs_random_table
+
+    def row(enc, source, backbone, task, lo, v, hi, protocol="linear probe", metric="accuracy"):
+        return {"task": task, "protocol": protocol, "metric": metric, "encoder": enc,
+                "source": source, "backbone": backbone, "value": v, "ci_low": lo, "ci_high": hi,
+                "label_fraction": 1.0, "contamination": ""}  # fmt: skip
+
+    res = results_frame([
+        row("uscl", "pretrained", "resnet18", "lung", 0.7, 0.8, 0.9),
+        row("random:resnet18", "random", "resnet18", "lung", 0.4, 0.5, 0.6),
+        row("mae", "pretrained", "vit", "lung", 0.1, 0.2, 0.3),
+        row("random:vit", "random", "vit", "lung", 0.75, 0.85, 0.95),  # resnet's numbers differ
+        row("mae", "pretrained", "vit", "breast", 0.4, 0.5, 0.6, "frozen + SegDecoder", "dice"),
+        row("random:vit", "random", "vit", "breast", 0.5, 0.55, 0.7, "frozen + SegDecoder", "dice"),
+        row("lonely", "pretrained", "vmamba", "lung", 0.1, 0.2, 0.3),  # no random twin: no row
+        row("uscl", "pretrained", "resnet18", "lung", 0.1, 0.2, 0.3, "kNN"),  # not a headline
+    ])  # fmt: skip
+    t = vs_random_table(res).set_index("encoder")
+    assert list(t.index) == ["uscl", "mae"]
+    assert t.loc["uscl", "lung · probe acc"] == "80.0 [70.0, 90.0] vs 50.0 [40.0, 60.0] ▲"
+    assert t.loc["mae", "lung · probe acc"] == "20.0 [10.0, 30.0] vs 85.0 [75.0, 95.0] ▼"
+    assert t.loc["mae", "breast · seg Dice"] == "50.0 [40.0, 60.0] vs 55.0 [50.0, 70.0] ≈"
+    assert t.loc["uscl", "breast · seg Dice"] == ""
+    assert separation(0.5, 0.6, 0.6, 0.7) == "≈"  # touching intervals do not separate
+    assert separation(float("nan"), 0.6, 0.1, 0.2) == "≈"
+
+
+def test_readme_shows_the_vs_random_table_when_saved(tmp_path):
+    """With a saved vs-random table beside the summary, the README block is that table (the wide
+    summary is linked), and readme_agrees checks it."""
+    from uslib.evaluation.report import VS_RANDOM, read_vs_random, vs_random_table
+
+    res = _results().query("encoder == 'uscl' and task == 'lung'")
+    res = res.assign(protocol="linear probe", backbone="resnet18", ci_low=0.8, ci_high=0.95)
+    rand = res.assign(source="random", encoder="random:resnet18", value=0.5, ci_low=0.4,
+                      ci_high=0.6)  # fmt: skip
+    both = pd.concat([res, rand.assign(contamination="")])
+    figs = tmp_path / "figures"
+    paths = write_tables(summary_table(both), figs, "07_summary")
+    write_tables(vs_random_table(both), figs, VS_RANDOM)
+    vs = read_vs_random(paths["csv"])
+    assert vs is not None and not vs.empty
+    summary = pd.read_csv(paths["csv"], keep_default_na=False, dtype=str)
+    block = readme_block(summary, profile="cpu", source="figures/07_summary.csv", vs_random=vs)
+    assert "figures/07_vs_random.csv" in block and "`figures/07_summary.md`" in block
+    assert "▲" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_START}\n{README_END}\n")
+    update_readme(readme, block)
+    assert readme_agrees(readme, paths["csv"], profile="cpu")
+    readme.write_text(readme.read_text().replace("▲", "≈"))
+    assert not readme_agrees(readme, paths["csv"], profile="cpu")

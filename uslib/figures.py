@@ -17,15 +17,19 @@ from matplotlib.figure import Figure
 
 from uslib.evaluation.report import (
     HEADLINE_METRICS,
+    SUMMARY_STEM,
+    VS_RANDOM,
+    read_vs_random,
     readme_block,
     summary_table,
     update_readme,
+    vs_random_table,
     write_tables,
 )
 from uslib.viz.evaluation import plot_cost_table, plot_label_efficiency, plot_metric_bars
 
 EVAL_RUN = "07_evaluation"
-SUMMARY = "07_summary"
+SUMMARY = SUMMARY_STEM
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -62,6 +66,7 @@ def render_evaluation(run_dir: Path, out_dir: Path) -> list[Path]:
     results["contamination"] = results["contamination"].fillna("")
     summary = summary_table(results, metrics=HEADLINE_METRICS)
     paths = list(write_tables(summary, out_dir, SUMMARY).values())
+    paths += list(write_tables(vs_random_table(results), out_dir, VS_RANDOM).values())
     probe = results[(results["protocol"] == "linear probe") & (results["metric"] == "accuracy")]
     for task in dict.fromkeys(probe["task"]):
         fig = plot_label_efficiency(probe, task=task, metric="accuracy", protocol="linear probe")
@@ -91,7 +96,10 @@ def rewrite_readme(readme: Path, out_dir: Path, profile: str) -> bool:
         source = summary_csv.resolve().relative_to(readme.resolve().parent).as_posix()
     except ValueError:
         source = summary_csv.as_posix()
-    update_readme(readme, readme_block(summary, profile=profile, source=source))
+    vs_random = read_vs_random(summary_csv)
+    update_readme(
+        readme, readme_block(summary, profile=profile, source=source, vs_random=vs_random)
+    )
     return True
 
 

@@ -39,6 +39,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
 )
 """Columns of the long results table (``value``/``std``/CI as fractions for percent metrics)."""
 
+SUMMARY_STEM = "07_summary"
+"""File stem of the encoders-as-columns summary (``figures/07_summary.{csv,md,tex}``)."""
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 SMOKE_NOTE = "smoke: not meaningful"
@@ -134,6 +136,72 @@ def summary_table(
     return wide
 
 
+VS_RANDOM = "07_vs_random"
+"""File stem of the pretrained-vs-random-init table (beside ``07_summary``)."""
+HEADLINES: dict[tuple[str, str], str] = {
+    ("linear probe", "accuracy"): "probe acc",
+    ("frozen + SegDecoder", "dice"): "seg Dice",
+}
+"""(protocol, metric) -> column label of the pretrained-vs-random-init comparison (per task)."""
+
+
+def _ci_cell(metric: str, value: float, lo: float, hi: float) -> str:
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    if any(isinstance(x, float) and math.isnan(x) for x in (lo, hi)):
+        return f"{value * scale:.1f}"
+    return f"{value * scale:.1f} [{lo * scale:.1f}, {hi * scale:.1f}]"
+
+
+def separation(lo: float, hi: float, ref_lo: float, ref_hi: float) -> str:
+    """``"▲"`` when the interval ``[lo, hi]`` lies wholly above ``[ref_lo, ref_hi]``, ``"▼"``
+    wholly below, ``"≈"`` when they overlap (or a bound is missing)."""
+    if any(math.isnan(x) for x in (lo, hi, ref_lo, ref_hi)):
+        return "≈"
+    return "▲" if lo > ref_hi else "▼" if hi < ref_lo else "≈"
+
+
+def vs_random_table(results: pd.DataFrame, *, label_fraction: float = 1.0) -> pd.DataFrame:
+    """Every pretrained encoder against the random-init encoder of the same backbone.
+
+    One row per pretrained encoder, one column per task of the ``HEADLINES`` protocols (linear
+    probe accuracy, frozen-encoder segmentation Dice) at ``label_fraction``. A cell reads
+    ``"ours [95 % CI] vs random [95 % CI] ▲"``: the CIs are the results' bootstrap intervals over
+    test items, ▲ / ▼ mark intervals that separate above / below, ≈ overlapping ones; ``†``
+    marks data the encoder saw in pretraining.
+
+    Returns:
+        String table ``encoder, backbone, <task · protocol>...``; empty when no pretrained
+        encoder has a random-init twin.
+    """
+    lf = results["label_fraction"].fillna(1.0)
+    df = results[(lf - label_fraction).abs() < 1e-9]
+    head = pd.Series(False, index=df.index)
+    for protocol, metric in HEADLINES:  # (the dict's keys)
+        head |= (df["protocol"] == protocol) & (df["metric"] == metric)
+    df = df[head]
+    rand = df[df["source"] == "random"].set_index(["backbone", "task", "protocol"])
+    rows = []
+    for enc, sub in df[df["source"] == "pretrained"].groupby("encoder", sort=False):
+        row = {"encoder": enc, "backbone": str(sub["backbone"].iloc[0]).split("(")[0]}
+        for r in sub.itertuples():
+            key = (r.backbone, r.task, r.protocol)
+            if key not in rand.index:
+                continue
+            q = rand.loc[key]
+            q = q.iloc[0] if isinstance(q, pd.DataFrame) else q
+            mark = separation(r.ci_low, r.ci_high, q["ci_low"], q["ci_high"])
+            ours = _ci_cell(r.metric, r.value, r.ci_low, r.ci_high)
+            dagger = (
+                CONTAMINATION_MARK if isinstance(r.contamination, str) and r.contamination else ""
+            )
+            theirs = _ci_cell(r.metric, q["value"], q["ci_low"], q["ci_high"])
+            label = HEADLINES[r.protocol, r.metric]
+            row[f"{r.task} · {label}"] = f"{ours}{dagger} vs {theirs} {mark}"
+        if len(row) > 2:
+            rows.append(row)
+    return pd.DataFrame(rows).fillna("") if rows else pd.DataFrame(columns=["encoder", "backbone"])
+
+
 def write_tables(df: pd.DataFrame, folder: str | Path, name: str) -> dict[str, Path]:
     """Write ``<name>.csv``, ``.md`` and ``.tex`` into ``folder``; returns the paths by suffix."""
     folder = Path(folder)
@@ -150,14 +218,36 @@ def to_markdown(df: pd.DataFrame) -> str:
     return df.fillna("").astype(str).to_markdown(index=False)
 
 
-def readme_block(summary: pd.DataFrame, *, profile: str, source: str) -> str:
+def readme_block(
+    summary: pd.DataFrame,
+    *,
+    profile: str,
+    source: str,
+    vs_random: pd.DataFrame | None = None,
+) -> str:
     """The README results section (without markers) for a summary table.
 
     Args:
         summary: ``summary_table`` output (as saved: the CSV read back gives the same text).
         profile: profile of the numbers.
         source: where the table lives (e.g. ``figures/07_summary.csv``).
+        vs_random: ``vs_random_table`` output; when given and not empty the README shows it
+            (one row per encoder: readable with many encoders) and links the wide summary
+            instead of inlining it.
     """
+    if vs_random is not None and not vs_random.empty:
+        wide = source.replace(".csv", ".md")
+        head = (
+            f"Profile `{profile}`; generated by `python -m uslib.figures --profile {profile}` from "
+            f"`{source.replace(SUMMARY_STEM, VS_RANDOM)}`. Each cell: a pretrained encoder's score "
+            "in % with its bootstrap 95 % CI over test items, **vs** the random-init encoder of "
+            "the same backbone; ▲ / ▼ = the CIs separate (above / below), ≈ = they overlap. "
+            f"{CONTAMINATION_MARK} = measured on data the encoder saw in pretraining (same "
+            f"generator, other samples). Every protocol, metric and reference: `{wide}`."
+        )
+        if profile == "smoke":
+            head += f" **{SMOKE_NOTE}** (tiny data, a few steps)."
+        return head + "\n\n" + to_markdown(vs_random.fillna(""))
     head = (
         f"Profile `{profile}`; generated by `python -m uslib.figures --profile {profile}` from "
         f"`{source}`. Scores in %, mean ± std over folds; HD95 and HC errors in mm (pixels when "
@@ -198,14 +288,23 @@ def readme_section(readme: str | Path) -> str:
     return text[i + len(README_START) : j].strip()
 
 
+def read_vs_random(summary_csv: str | Path) -> pd.DataFrame | None:
+    """The ``VS_RANDOM`` table saved beside ``summary_csv``, or None when there is none."""
+    path = Path(summary_csv).with_name(f"{VS_RANDOM}.csv")
+    return pd.read_csv(path, keep_default_na=False, dtype=str) if path.is_file() else None
+
+
 def readme_agrees(readme: str | Path, summary_csv: str | Path, *, profile: str) -> bool:
-    """Whether the README results section is exactly what ``summary_csv`` renders to."""
+    """Whether the README results section is exactly what ``summary_csv`` (and the
+    ``VS_RANDOM`` table beside it, when saved) renders to."""
     summary = pd.read_csv(summary_csv, keep_default_na=False, dtype=str)
     try:
         source = Path(summary_csv).resolve().relative_to(Path(readme).resolve().parent)
     except ValueError:
         source = Path(summary_csv)
-    expected = readme_block(summary, profile=profile, source=source.as_posix())
+    expected = readme_block(
+        summary, profile=profile, source=source.as_posix(), vs_random=read_vs_random(summary_csv)
+    )
     return readme_section(readme) == expected.strip()
 
 
