@@ -274,3 +274,49 @@ def test_readme_shows_the_vs_random_table_when_saved(tmp_path):
     assert readme_agrees(readme, paths["csv"], profile="cpu")
     readme.write_text(readme.read_text().replace("▲", "≈"))
     assert not readme_agrees(readme, paths["csv"], profile="cpu")
+
+
+def test_readme_timings_come_from_the_run_record(tmp_path):
+    """The README timings section is rendered from reproduce.json; editing a number there is
+    caught by comparing with the record (as test_repository_readme_timings_agree does)."""
+    import json
+
+    from uslib.evaluation.report import readme_section
+    from uslib.figures import TIMINGS_END, TIMINGS_START, rewrite_timings, timings_block
+
+    rec = {"make": "make reproduce PROFILE=cpu", "start": "2026-12-07T06:00:00+00:00",
+           "machine": {"cpu_count": 2, "torch_threads": 2, "matmul_gflops_fp32": 197.6,
+                       "loadavg_1min_at_start": 0.1},
+           "notebooks": {"02_x": {"seconds": 300.0, "git_sha": "abcdef123", "command": "make r",
+                                  "loadavg_1min_at_end": 1.9},
+                         "01_y": {"seconds": 12.0, "git_sha": "abcdef123", "command": "make r",
+                                  "loadavg_1min_at_end": 1.0}},
+           "total_s": 312.0}  # fmt: skip
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "reproduce.json").write_text(json.dumps(rec))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{TIMINGS_START}\nold\n{TIMINGS_END}\nb\n")
+    assert rewrite_timings(readme, runs, "cpu")
+    section = readme_section(readme, TIMINGS_START, TIMINGS_END)
+    assert section == timings_block(rec, "cpu").strip()
+    assert "Total 5.2 min" in section and "197.6 GFLOP/s" in section
+    assert section.index("01_y") < section.index("02_x")
+    assert "|5.0|abcdef1|`maker`|1.9|" in section.replace(" ", "")
+
+
+def test_repository_readme_timings_agree_with_the_run_record():
+    import json
+
+    from uslib.evaluation.report import readme_section
+    from uslib.figures import TIMINGS_END, TIMINGS_START, timings_block
+    from uslib.runs import repo_root
+
+    readme, rec = (
+        repo_root() / "README.md",
+        repo_root() / "papermill_runs" / "cpu" / "reproduce.json",
+    )
+    if TIMINGS_START not in readme.read_text() or not rec.is_file():
+        pytest.skip("no timings section or no committed cpu run record")
+    expected = timings_block(json.loads(rec.read_text()), "cpu").strip()
+    assert readme_section(readme, TIMINGS_START, TIMINGS_END) == expected

@@ -9,8 +9,10 @@ rewrites the README results section between ``<!-- results:start -->`` and
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -81,6 +83,41 @@ def render_evaluation(run_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+TIMINGS_START, TIMINGS_END = "<!-- timings:start -->", "<!-- timings:end -->"
+"""README markers of the notebooks' wall times (``papermill_runs/<profile>/reproduce.json``)."""
+
+
+def timings_block(record: dict[str, Any], profile: str) -> str:
+    """README text for a ``reproduce.json`` record: the machine, then one row per notebook with
+    its wall time, the commit and command that ran it and the load when it ended."""
+    m = record["machine"]
+    head = (
+        f"Profile `{profile}`, from `papermill_runs/{profile}/reproduce.json` (written by "
+        f"`uslib.reproduce`; record started {str(record['start'])[:16].replace('T', ' ')} UTC): "
+        f"{m['cpu_count']} cores, {m['torch_threads']} torch threads, "
+        f"{m['matmul_gflops_fp32']} GFLOP/s fp32 matmul and a 1-min load of "
+        f"{m['loadavg_1min_at_start']} measured at the start. Total "
+        f"{record['total_s'] / 60:.1f} min."
+    )
+    rows = [
+        {"notebook": k, "minutes": f"{v['seconds'] / 60:.1f}", "commit": str(v["git_sha"])[:7],
+         "command": f"`{v['command']}`", "1-min load at end": v["loadavg_1min_at_end"]}
+        for k, v in sorted(record["notebooks"].items())
+    ]  # fmt: skip
+    return head + "\n\n" + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
+def rewrite_timings(readme: Path, runs: Path, profile: str) -> bool:
+    """Rewrite the README timings section from ``<runs>/reproduce.json``; False if either is
+    absent or the README has no timings markers."""
+    rec = runs / "reproduce.json"
+    if not rec.is_file() or not readme.is_file() or TIMINGS_START not in readme.read_text():
+        return False
+    block = timings_block(json.loads(rec.read_text()), profile)
+    update_readme(readme, block, TIMINGS_START, TIMINGS_END)
+    return True
+
+
 RENDERERS: dict[str, Callable[[Path, Path], list[Path]]] = {EVAL_RUN: render_evaluation}
 """Run-folder name -> ``renderer(run_dir, out_dir) -> written paths``; other notebooks may add
 theirs (the default is ``render_history``)."""
@@ -136,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: README results table not written: {err}")
             return 0
         print("README results table rewritten" if ok else "README results table left as is")
+        if rewrite_timings(root / "README.md", runs, args.profile):
+            print("README timings rewritten from reproduce.json")
     return 0
 
 

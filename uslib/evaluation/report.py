@@ -259,8 +259,10 @@ def readme_block(
     return head + "\n\n" + to_markdown(summary.fillna(""))
 
 
-def update_readme(readme: str | Path, block: str) -> bool:
-    """Replace the text between ``README_START`` and ``README_END`` with ``block``.
+def update_readme(
+    readme: str | Path, block: str, start: str = README_START, end: str = README_END
+) -> bool:
+    """Replace the text between ``start`` and ``end`` (the results markers) with ``block``.
 
     Returns:
         True when the file changed.
@@ -270,22 +272,22 @@ def update_readme(readme: str | Path, block: str) -> bool:
     """
     path = Path(readme)
     text = path.read_text()
-    i, j = text.find(README_START), text.find(README_END)
+    i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
-        raise ValueError(f"{path}: needs '{README_START}' followed by '{README_END}'")
-    new = text[: i + len(README_START)] + "\n" + block.strip() + "\n" + text[j:]
+        raise ValueError(f"{path}: needs '{start}' followed by '{end}'")
+    new = text[: i + len(start)] + "\n" + block.strip() + "\n" + text[j:]
     if new != text:
         path.write_text(new)
     return new != text
 
 
-def readme_section(readme: str | Path) -> str:
+def readme_section(readme: str | Path, start: str = README_START, end: str = README_END) -> str:
     """The text between the README markers (stripped)."""
     text = Path(readme).read_text()
-    i, j = text.find(README_START), text.find(README_END)
+    i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
-        raise ValueError(f"{readme}: results markers not found")
-    return text[i + len(README_START) : j].strip()
+        raise ValueError(f"{readme}: markers {start} ... {end} not found")
+    return text[i + len(start) : j].strip()
 
 
 def read_vs_random(summary_csv: str | Path) -> pd.DataFrame | None:
