@@ -320,3 +320,13 @@ def test_repository_readme_timings_agree_with_the_run_record():
         pytest.skip("no timings section or no committed cpu run record")
     expected = timings_block(json.loads(rec.read_text()), "cpu").strip()
     assert readme_section(readme, TIMINGS_START, TIMINGS_END) == expected
+
+
+def test_human_names_for_encoders():
+    from uslib.evaluation.report import human_name
+
+    assert human_name("02_uscl_sample_pairs", "resnet18(in_chans=1)") == "USCL ResNet-18"
+    assert human_name("random:resnet18") == "random init ResNet-18"
+    assert human_name("supervised:vmamba_small") == "supervised VMamba-S"
+    assert human_name("random:vit_cpu") == "random init vit cpu"
+    assert human_name("my_run") == "my_run"  # unknown run folders keep their name

@@ -136,6 +136,42 @@ def summary_table(
     return wide
 
 
+RUN_LABELS: dict[str, str] = {
+    "02_uscl_sample_pairs": "USCL",
+    "03_openus_pretraining": "OpenUS teacher",
+    "04_mae_teacher": "MAE teacher",
+    "04_mae_student": "MAE student",
+    "04_dmae_student": "DMAE student",
+    "05_tinyusfm_teacher": "TinyUSFM teacher (MAE)",
+    "05_tinyusfm_student": "TinyUSFM student",
+    "05_tinyusfm_scratch": "TinyUSFM student, no teacher",
+    "06_spad_vit": "SPAD-ViT",
+}
+"""Run folder (the encoder's name in 07) -> the method it holds, for tables and legends."""
+BACKBONE_LABELS: dict[str, str] = {
+    "resnet18": "ResNet-18", "vmamba_small": "VMamba-S", "vmamba_tiny": "VMamba-T",
+    "vit_small_patch8_64": "ViT-S/8", "vit_large_patch8_64": "ViT-L/8",
+    "vit_tiny_usfm": "ViT-Tiny/16", "vit_base": "ViT-B/16", "vit_large": "ViT-L/16",
+}  # fmt: skip
+"""Registry name -> human backbone name; others read as ``name`` with spaces (``vit cpu``)."""
+
+
+def backbone_label(backbone: str) -> str:
+    """``"vmamba_small(img_size=64,...)"`` -> ``"VMamba-S"``; unknown names keep their words."""
+    base = str(backbone).split("(")[0]
+    return BACKBONE_LABELS.get(base, base.replace("_", " "))
+
+
+def human_name(encoder: str, backbone: str = "") -> str:
+    """``"02_uscl_sample_pairs"`` -> ``"USCL ResNet-18"``, ``"random:resnet18"`` -> ``"random init
+    ResNet-18"``, ``"supervised:vit_smoke"`` -> ``"supervised vit smoke"``."""
+    kind, _, arch = str(encoder).partition(":")
+    if arch and kind in ("random", "supervised"):
+        return f"{'random init' if kind == 'random' else 'supervised'} {backbone_label(arch)}"
+    label = RUN_LABELS.get(encoder, encoder)
+    return f"{label} {backbone_label(backbone)}" if backbone not in ("", "nan") else label
+
+
 VS_RANDOM = "07_vs_random"
 """File stem of the pretrained-vs-random-init table (beside ``07_summary``)."""
 HEADLINES: dict[tuple[str, str], str] = {
@@ -182,7 +218,7 @@ def vs_random_table(results: pd.DataFrame, *, label_fraction: float = 1.0) -> pd
     rand = df[df["source"] == "random"].set_index(["backbone", "task", "protocol"])
     rows = []
     for enc, sub in df[df["source"] == "pretrained"].groupby("encoder", sort=False):
-        row = {"encoder": enc, "backbone": str(sub["backbone"].iloc[0]).split("(")[0]}
+        row = {"encoder": human_name(enc), "backbone": backbone_label(sub["backbone"].iloc[0])}
         for r in sub.itertuples():
             key = (r.backbone, r.task, r.protocol)
             if key not in rand.index:

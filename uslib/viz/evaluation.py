@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from uslib.evaluation.metrics import PERCENT_METRICS
+from uslib.evaluation.report import human_name
 
 
 def _scale(metric: str) -> float:
@@ -60,7 +61,7 @@ def plot_label_efficiency(
         g = g.sort_values("label_fraction")
         x, y = 100 * g["label_fraction"].to_numpy(float), s * g["value"].to_numpy(float)
         sd = s * g["std"].fillna(0.0).to_numpy(float)
-        ax.plot(x, y, marker="o", label=str(enc))
+        ax.plot(x, y, marker="o", label=human_name(str(enc), str(g["backbone"].iloc[0])))
         ax.fill_between(x, y - sd, y + sd, alpha=0.15)
     if published is not None and len(published):
         p = published.sort_values("label_fraction")
@@ -71,7 +72,8 @@ def plot_label_efficiency(
     ax.minorticks_off()
     ax.set_xlabel("training labels (%)")
     ax.set_ylabel(_ylabel(metric))
-    ax.set_title(title or f"{task}: {metric}")
+    what = f"{protocol}, {metric}" if protocol else metric
+    ax.set_title(title or f"{task}: {what} (band: ± std over folds)", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
@@ -117,10 +119,12 @@ def plot_metric_bars(
             has_ci, s * sub["ci_high"].to_numpy(float) - y, s * sub["std"].fillna(0).to_numpy(float)
         )
         x = np.arange(len(tasks)) + (k - (len(encoders) - 1) / 2) * width
-        ax.bar(x, y, width, yerr=np.vstack([lo, hi]), capsize=2, label=str(enc))
+        label = human_name(str(enc), str(df.loc[df["encoder"] == enc, "backbone"].iloc[0]))
+        ax.bar(x, y, width, yerr=np.vstack([lo, hi]), capsize=2, label=label)
     ax.set_xticks(np.arange(len(tasks)), tasks)
     ax.set_ylabel(_ylabel(metric))
-    ax.set_title(title or metric)
+    what = f"{protocol}, {metric}" if protocol else metric
+    ax.set_title(title or f"{what} (error bars: 95 % bootstrap CI over test items)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, ncols=2)
