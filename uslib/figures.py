@@ -56,7 +56,7 @@ def render_history(run_dir: Path, out_dir: Path) -> list[Path]:
     ax.set_ylabel("loss")
     ax.set_title(run_dir.name, fontsize=9)
     ax.grid(alpha=0.3)
-    return [_save(fig, out_dir / f"{run_dir.name[:2]}_training_loss.png")]
+    return [_save(fig, out_dir / f"{run_dir.name}_training_loss.png")]
 
 
 def render_evaluation(run_dir: Path, out_dir: Path) -> list[Path]:
