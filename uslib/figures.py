@@ -31,7 +31,6 @@ from uslib.evaluation.report import (
 from uslib.viz.evaluation import plot_cost_table, plot_label_efficiency, plot_metric_bars
 
 EVAL_RUN = "07_evaluation"
-SUMMARY = SUMMARY_STEM
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -67,7 +66,7 @@ def render_evaluation(run_dir: Path, out_dir: Path) -> list[Path]:
     results = pd.read_csv(res_path, keep_default_na=True)
     results["contamination"] = results["contamination"].fillna("")
     summary = summary_table(results, metrics=HEADLINE_METRICS)
-    paths = list(write_tables(summary, out_dir, SUMMARY).values())
+    paths = list(write_tables(summary, out_dir, SUMMARY_STEM).values())
     paths += list(write_tables(vs_random_table(results), out_dir, VS_RANDOM).values())
     probe = results[(results["protocol"] == "linear probe") & (results["metric"] == "accuracy")]
     for task in dict.fromkeys(probe["task"]):
@@ -125,7 +124,7 @@ theirs (the default is ``render_history``)."""
 
 def rewrite_readme(readme: Path, out_dir: Path, profile: str) -> bool:
     """Rewrite the README results section from ``<out_dir>/07_summary.csv``; False if absent."""
-    summary_csv = out_dir / f"{SUMMARY}.csv"
+    summary_csv = out_dir / f"{SUMMARY_STEM}.csv"
     if not summary_csv.is_file() or not readme.is_file():
         return False
     summary = pd.read_csv(summary_csv, keep_default_na=False, dtype=str)

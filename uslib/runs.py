@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from uslib.config import ConfigBase
-from uslib.paths import repo_root, runs_root  # re-exported (their home is uslib.paths)
+from uslib.paths import repo_relative, repo_root, runs_root  # re-exported (home: uslib.paths)
 
 _PACKAGES = ("torch", "torchvision", "timm", "accelerate", "datasets", "numpy", "uslib")
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -212,8 +212,7 @@ def start(
             f"run {name} | profile {profile} | seed {seed} | {prov['device']} "
             f"x{prov['threads']} threads | torch {prov['packages']['torch']} | git {sha}"
         )
-        shown = folder.relative_to(repo_root()) if folder.is_relative_to(repo_root()) else folder
-        print(f"run folder: {shown}")
+        print(f"run folder: {repo_relative(folder)}")
     return Run(name=name, profile=profile, dir=folder, seed=seed, publish=publish)
 
 
