@@ -32,6 +32,11 @@ def test_run_folder_holds_config_provenance_and_results(tmp_path, capsys) -> Non
         "f1": 0.4,
         "profile": "smoke",
     }
+    with pytest.raises(ValueError, match="coreset_select_s.*save_timings"):
+        run.save_metrics({"acc": 0.6, "coreset_select_s": 38.1})  # wall-clock: not a metric
+    run.save_timings({"wall_s": 1.23456})
+    assert json.loads((run.dir / "timings.json").read_text()) == {"wall_s": 1.235}
+    assert json.loads((run.dir / "metrics.json").read_text())["acc"] == 0.5
     run.save_table(pd.DataFrame({"a": [1]}), "t")
     assert (run.dir / "tables" / "t.csv").is_file() and (run.dir / "tables" / "t.md").is_file()
     run.finish()

@@ -87,7 +87,14 @@ class Run:
         return path
 
     def save_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``metrics`` into ``metrics.json`` (profile recorded); returns the merged dict."""
+        """Merge ``metrics`` into ``metrics.json`` (profile recorded); returns the merged dict.
+
+        Wall-clock values (keys ending ``_s`` or naming ``wall``) are refused: they go to
+        :meth:`save_timings`, so two runs of one config write byte-identical ``metrics.json``.
+        """
+        timed = [k for k in metrics if k.endswith("_s") or "wall" in k]
+        if timed:
+            raise ValueError(f"{timed} look like timings: use Run.save_timings, not save_metrics")
         path = self.dir / "metrics.json"
         merged = json.loads(path.read_text()) if path.is_file() else {}
         merged.update(metrics)
