@@ -33,6 +33,11 @@ def style_problems(path: Path) -> list[str]:
         problems.append(f"needs exactly one cell tagged 'parameters', found {len(tagged)}")
     elif tagged[0] != 0:
         problems.append("the 'parameters' cell must be the first code cell")
+    for c in (code[t] for t in tagged):
+        for n, line in enumerate(c.source.splitlines(), 1):
+            # papermill's parameter inspection warns on every line holding more than one '='
+            if not line.lstrip().startswith("#") and line.count("=") > 1:
+                problems.append(f"parameters line {n} has more than one '=': {line.strip()!r}")
     for i, c in enumerate(code):
         where = f"code cell {i + 1}"
         if c.get("outputs") or c.get("execution_count") is not None:

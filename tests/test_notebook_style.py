@@ -57,6 +57,7 @@ def test_checker_accepts_a_good_notebook(tmp_path: Path) -> None:
             [new_markdown_cell("# 01 x"), _params(), new_code_cell("p = '/home/me/data'")],
             "absolute",
         ),
+        ([new_markdown_cell("# 01 x"), _params("k: int = 2  # k = 2 n")], "more than one '='"),
         (
             [new_markdown_cell("# 01 x"), _params(), new_code_cell("\n".join(["a = 1"] * 16))],
             "16 lines",
