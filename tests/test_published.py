@@ -207,7 +207,7 @@ def test_evaluation_figures_are_figures():
     res = pd.concat([_results(), _results().assign(protocol="linear probe")])
     figs = [
         viz.plot_label_efficiency(res, task="lung", metric="accuracy", protocol="linear probe"),
-        viz.plot_metric_bars(res, metric="accuracy", protocol="linear probe"),
+        viz.plot_metric_intervals(res, metric="accuracy", protocol="linear probe"),
         viz.plot_segmentation_overlays(np.zeros((2, 8, 8)), np.eye(8)[None].repeat(2, 0),
                                        np.eye(8)[None].repeat(2, 0)),
         viz.plot_cost_table(pd.DataFrame({"backbone": ["a", "b"], "params_m": [1.0, 2.0],

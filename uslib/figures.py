@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 
 from uslib.evaluation.report import (
     HEADLINE_METRICS,
+    RUN_LABELS,
     SUMMARY_STEM,
     VS_RANDOM,
     read_vs_random,
@@ -28,7 +30,8 @@ from uslib.evaluation.report import (
     vs_random_table,
     write_tables,
 )
-from uslib.viz.evaluation import plot_cost_table, plot_label_efficiency, plot_metric_bars
+from uslib.viz.evaluation import plot_cost_table, plot_label_efficiency, plot_metric_intervals
+from uslib.viz.style import encoder_style, styled
 
 EVAL_RUN = "07_evaluation"
 
@@ -39,25 +42,47 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _validation(run_dir: Path) -> pd.DataFrame | None:
+    """The run's per-epoch validation loss (``step``, ``val_loss``), or None if it has none."""
+    path = run_dir / "history_epochs.csv"
+    ep = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if "val_loss" not in ep.columns or not ep["val_loss"].notna().any():
+        return None
+    return ep.loc[ep["val_loss"].notna(), ["step", "val_loss"]]
+
+
+@styled
 def render_history(run_dir: Path, out_dir: Path) -> list[Path]:
-    """``NN_training_loss.png`` from a run's ``history.csv`` (loss against optimizer step); the
-    fallback for run folders without a renderer of their own in ``RENDERERS``."""
+    """``<run>_training_loss.png`` from a run's ``history.csv``: the training loss per optimizer
+    step (thin) with its moving average (bold), and the validation loss per epoch (dots) from
+    ``history_epochs.csv`` where the method records one; the fallback for run folders without a
+    renderer of their own in ``RENDERERS``."""
     hist = run_dir / "history.csv"
     if not hist.is_file():
         return []
     df = pd.read_csv(hist)
     if not {"step", "loss"} <= set(df.columns):
         return []
-    fig = Figure(figsize=(4.5, 3.0), layout="constrained")
+    color = encoder_style(run_dir.name)["color"]
+    fig = Figure(figsize=(4.8, 3.0), layout="constrained")
     ax = fig.subplots()
-    ax.plot(df["step"], df["loss"], lw=1)
+    window = max(1, len(df) // 25)
+    ax.plot(df["step"], df["loss"], lw=0.6, alpha=0.35, color=color, label="train, per step")
+    smooth = df["loss"].rolling(window, min_periods=1).mean()
+    ax.plot(df["step"], smooth, lw=1.6, color=color, label=f"train, mean of {window} steps")
+    val = _validation(run_dir)
+    has_val = val is not None
+    if val is not None:
+        ax.plot(val["step"], val["val_loss"], "o-", ms=3, color="k", label="validation, per epoch")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(run_dir.name, fontsize=9)
-    ax.grid(alpha=0.3)
+    ax.set_ylabel("pretraining loss")
+    ax.legend()
+    what = "training and validation loss" if has_val else "training loss (no validation split)"
+    ax.set_title(f"{RUN_LABELS.get(run_dir.name, run_dir.name)} pretraining: {what}")
     return [_save(fig, out_dir / f"{run_dir.name}_training_loss.png")]
 
 
+@styled
 def render_evaluation(run_dir: Path, out_dir: Path) -> list[Path]:
     """Notebook 07's figures and summary tables from ``tables/results.csv`` and ``cost.csv``."""
     res_path = run_dir / "tables" / "results.csv"
@@ -74,11 +99,12 @@ def render_evaluation(run_dir: Path, out_dir: Path) -> list[Path]:
         paths.append(_save(fig, out_dir / f"07_label_efficiency_{task}.png"))
     for metric, protocol in (("accuracy", "linear probe"), ("dice", "frozen + SegDecoder")):
         if ((results["metric"] == metric) & (results["protocol"] == protocol)).any():
-            fig = plot_metric_bars(results, metric=metric, protocol=protocol)
-            paths.append(_save(fig, out_dir / f"07_{metric}_bars.png"))
+            fig = plot_metric_intervals(results, metric=metric, protocol=protocol)
+            paths.append(_save(fig, out_dir / f"07_{metric}_ci.png"))
     cost_path = run_dir / "tables" / "cost.csv"
     if cost_path.is_file():
-        paths.append(_save(plot_cost_table(pd.read_csv(cost_path)), out_dir / "07_cost.png"))
+        fig = plot_cost_table(pd.read_csv(cost_path), results=results)
+        paths.append(_save(fig, out_dir / "07_cost.png"))
     return paths
 
 
@@ -114,6 +140,142 @@ def rewrite_timings(readme: Path, runs: Path, profile: str) -> bool:
         return False
     block = timings_block(json.loads(rec.read_text()), profile)
     update_readme(readme, block, TIMINGS_START, TIMINGS_END)
+    return True
+
+
+FIGURES_START, FIGURES_END = "<!-- figures:start -->", "<!-- figures:end -->"
+"""README markers of the list of published figures (one line per PNG in ``figures/``)."""
+CAPTIONS: tuple[tuple[str, str], ...] = (
+    (r"07_label_efficiency_(?P<task>\w+)", "Linear-probe accuracy on the {task} task "
+     "against the share of training labels (1-100 %), one panel per backbone: each pretrained "
+     "encoder beside the random-init encoder of its backbone (grey, dashed); band ± std over "
+     "folds; dotted line chance (1/K)."),
+    (r"07_accuracy_ci", "Linear-probe accuracy at 100 % labels for every encoder and "
+     "classification task: dots with 95 % bootstrap CIs over test images, grouped by backbone "
+     "(random init last, hollow); dotted line chance (1/K)."),
+    (r"07_dice_ci", "Dice of a segmentation decoder trained on each frozen encoder at 100 % "
+     "labels, per segmentation task, with 95 % bootstrap CIs over test images."),
+    (r"07_cost", "Parameters, forward GFLOPs per image (224 px) and inference images/s (64 px, "
+     "2 CPU threads) per backbone, naming the encoders that share it."),
+    (r"(?P<run>\d\d_\w+)_training_loss", "{label} pretraining loss per optimizer step with its "
+     "moving average{val}."),
+)  # fmt: skip
+"""(file-stem pattern, caption template) of every figure ``make figures`` writes."""
+
+
+def caption(png: Path, runs: Path) -> str:
+    """The one-line caption of a figure written by this module, reading the run folders under
+    ``runs`` where the caption depends on them (ValueError for an unknown figure, so none is
+    published without saying what it shows)."""
+    for pattern, template in CAPTIONS:
+        m = re.fullmatch(pattern, png.stem)
+        if m is None:
+            continue
+        fields = m.groupdict()
+        if "run" in fields:
+            fields["label"] = RUN_LABELS.get(fields["run"], fields["run"])
+            has_val = _validation(runs / fields["run"]) is not None
+            fields["val"] = ", and the validation loss per epoch" if has_val else ""
+        return template.format(**fields)
+    raise ValueError(f"{png}: no caption in uslib.figures.CAPTIONS; add one")
+
+
+def figures_block(out_dir: Path, runs: Path, link_root: Path) -> str:
+    """README list of the PNGs in ``out_dir``: a link (relative to ``link_root``) and a caption."""
+    rows = []
+    for png in sorted(out_dir.glob("*.png")):
+        rel = png.resolve().relative_to(link_root.resolve()).as_posix()
+        rows.append(f"- [`{png.name}`]({rel}): {caption(png, runs)}")
+    return "\n".join(rows)
+
+
+def rewrite_figures(readme: Path, out_dir: Path, runs: Path) -> bool:
+    """Rewrite the README list of figures from the PNGs in ``out_dir``; False if the README has
+    no figures markers."""
+    if not readme.is_file() or FIGURES_START not in readme.read_text():
+        return False
+    block = figures_block(out_dir, runs, readme.parent)
+    update_readme(readme, block, FIGURES_START, FIGURES_END)
+    return True
+
+
+POCUS_START, POCUS_END = "<!-- pocus:start -->", "<!-- pocus:end -->"
+"""README markers of the USCL POCUS-protocol table (notebook 02's ``protocol_summary.csv``)."""
+POCUS_RUNS = ("cpu", "cpu_pocus")
+"""Profiles folders whose ``02_uscl_sample_pairs`` run the POCUS table shows, in order."""
+POCUS_PAPER = (
+    ("USCL, paper (224 px, US-4 pretraining, 300 epochs)", "uscl_pocus_acc_readme", "README"),
+    ("", "uscl_pocus_acc_resultfile", "authors' result file"),
+    ("ImageNet ResNet-18, paper", "uscl_pocus_imagenet_acc", "abstract"),
+)
+"""(row label, ``published.csv`` id, source) of the paper rows beside ours."""
+
+
+def _papermill_command(nb: Path, root: Path) -> str:
+    """The papermill command that made the executed notebook ``nb`` (from its own metadata)."""
+    meta = json.loads(nb.read_text())["metadata"].get("papermill", {})
+    args = []
+    for k, v in meta.get("parameters", {}).items():
+        v = str(v)
+        if Path(v).is_absolute() and Path(v).is_relative_to(root.parent):
+            v = "../" + Path(v).relative_to(root.parent).as_posix()
+        args.append(f"-p {k} {v}")
+    src = f"notebooks/{nb.name}"
+    out = nb.resolve().relative_to(root.resolve()).as_posix()
+    return f"papermill {src} {out} " + " ".join(args)
+
+
+def pocus_block(root: Path) -> str:
+    """README table of notebook 02's POCUS protocol (mean ± std over folds under both epoch
+    rules) for each run folder of ``POCUS_RUNS`` that exists, the paper's numbers beside it, and
+    the command that made each folder (read from its executed notebook)."""
+    from uslib.evaluation.published import published_value
+
+    rows, commands = [], []
+    for folder in POCUS_RUNS:
+        run = root / "papermill_runs" / folder / "02_uscl_sample_pairs"
+        if not (run / "tables" / "protocol_summary.csv").is_file():
+            continue
+        df = pd.read_csv(run / "tables" / "protocol_summary.csv")
+        folds = pd.read_csv(run / "tables" / "protocol_per_fold.csv")
+        metrics = json.loads((run / "metrics.json").read_text())
+        nb = run.parent / "02_uscl_sample_pairs.ipynb"
+        params = json.loads(nb.read_text())["metadata"].get("papermill", {}).get("parameters", {})
+        real = params.get("data_root") is not None
+        one = folds[(folds["init"] == df["init"].iloc[0]) & (folds["select"] == "test")]
+        what = "real POCUS frames" if real else "synthetic lung stills"
+        data = (f"{what}, {int(one['n_test'].sum()):,} test images over "
+                f"{int(df['folds'].iloc[0])} folds (`papermill_runs/{folder}/`)")  # fmt: skip
+        clips = "POCUS clips" if real else "synthetic videos"
+        videos = f"{metrics.get('pretrain_videos', '?')} {clips}"
+        for k, init in enumerate(dict.fromkeys(df["init"])):
+            sub = df[df["init"] == init]
+            cell = {r.select: f"{r.mean:.1f} ± {r.std:.1f}" for r in sub.itertuples()}
+            name = "random init ResNet-18" if init.startswith("random") else (
+                f"USCL ResNet-18 (pretrained on {videos}, unlabelled)")  # fmt: skip
+            rows.append({"data (profile cpu)": data if k == 0 else "", "encoder": name,
+                         "test-fold epoch (paper protocol)": cell.get("test", "-"),
+                         "val epoch (honest)": cell.get("val", "-")})  # fmt: skip
+        commands.append(f"- `papermill_runs/{folder}/`: `{_papermill_command(nb, root)}`")
+    for label, id_, source in POCUS_PAPER:
+        rows.append({"data (profile cpu)": "POCUS" if label else "", "encoder": label or "",
+                     "test-fold epoch (paper protocol)": f"{published_value(id_):g} ({source})",
+                     "val epoch (honest)": "-"})  # fmt: skip
+    table = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return (
+        table
+        + "\n\nMade by (the parameters are in each executed notebook's metadata):\n"
+        + "\n".join(commands)
+    )
+
+
+def rewrite_pocus(readme: Path, root: Path) -> bool:
+    """Rewrite the README POCUS table; False without markers or without any run."""
+    if not readme.is_file() or POCUS_START not in readme.read_text():
+        return False
+    if not any((root / "papermill_runs" / f / "02_uscl_sample_pairs").is_dir() for f in POCUS_RUNS):
+        return False
+    update_readme(readme, pocus_block(root), POCUS_START, POCUS_END)
     return True
 
 
@@ -174,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("README results table rewritten" if ok else "README results table left as is")
         if rewrite_timings(root / "README.md", runs, args.profile):
             print("README timings rewritten from reproduce.json")
+        if rewrite_figures(root / "README.md", out_dir, runs):
+            print("README list of figures rewritten")
+        if rewrite_pocus(root / "README.md", root):
+            print("README POCUS table rewritten")
     return 0
 
 

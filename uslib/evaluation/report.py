@@ -145,15 +145,21 @@ RUN_LABELS: dict[str, str] = {
     "05_tinyusfm_teacher": "TinyUSFM teacher (MAE)",
     "05_tinyusfm_student": "TinyUSFM student",
     "05_tinyusfm_scratch": "TinyUSFM student, no teacher",
-    "06_spad_vit": "SPAD-ViT",
+    "06_spad_vit": "PUMIT",
 }
 """Run folder (the encoder's name in 07) -> the method it holds, for tables and legends."""
 BACKBONE_LABELS: dict[str, str] = {
     "resnet18": "ResNet-18", "vmamba_small": "VMamba-S", "vmamba_tiny": "VMamba-T",
     "vit_small_patch8_64": "ViT-S/8", "vit_large_patch8_64": "ViT-L/8",
     "vit_tiny_usfm": "ViT-Tiny/16", "vit_base": "ViT-B/16", "vit_large": "ViT-L/16",
+    "vit_small": "ViT-S/16", "vmamba_smoke": "VMamba-XS", "vit_smoke": "ViT-XXS",
+    "vit_mae_smoke": "ViT-XXS (MAE)", "vit_mae_smoke_large": "ViT-XS (MAE)",
+    "spad_vit_smoke": "SPAD-ViT-XXS", "spad_vit_cpu": "SPAD-ViT-XS",
+    "spad_vit_base": "SPAD-ViT-B", "spad_vit_large": "SPAD-ViT-L",
 }  # fmt: skip
-"""Registry name -> human backbone name; others read as ``name`` with spaces (``vit cpu``)."""
+"""Registry name -> human backbone name; others read as ``name`` with spaces (``vit cpu``).
+XS / XXS are this project's small configurations for the ``cpu`` / ``smoke`` profiles (their
+sizes: ``figures/07_cost.png``)."""
 
 
 def backbone_label(backbone: str) -> str:

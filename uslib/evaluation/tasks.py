@@ -160,3 +160,20 @@ def real_tasks(
             EvalTask("hc18", "segmentation", "real:hc18", recs, 2, ("background", "head"), folds)
         )
     return out
+
+
+REAL_CLASSES: dict[str, int] = {"real:pocus": 3}
+"""Classes of the real classification sets (``EvalTask.data`` label -> K)."""
+
+
+def chance_level(data: str) -> float | None:
+    """Accuracy of a uniform random guess, 1/K, for a classification set named as in
+    ``EvalTask.data`` (``"synthetic:lung"``, ``"real:pocus"``); it is also the balanced accuracy
+    of any constant guess. None for a set without classes (segmentation) or an unknown label."""
+    from uslib.data.synthetic import TASKS
+
+    kind, _, name = str(data).partition(":")
+    if kind == "synthetic" and name in TASKS and len(TASKS[name].classes) > 1:
+        return 1.0 / len(TASKS[name].classes)
+    k = REAL_CLASSES.get(str(data))
+    return None if k is None else 1.0 / k

@@ -1,5 +1,5 @@
-"""Figures of notebook 07 (evaluation): label-efficiency curves, bar charts with confidence
-intervals, segmentation overlays and the cost table.
+"""Figures of notebook 07 (evaluation): label-efficiency curves, scores with confidence
+intervals, segmentation overlays and the cost chart, all in the style of ``uslib.viz.style``.
 
 Each function takes the long results table of ``uslib.evaluation.report`` (or plain arrays) and
 returns a ``matplotlib.figure.Figure`` built without pyplot state; saving is the caller's job.
@@ -14,18 +14,41 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from uslib.evaluation.metrics import PERCENT_METRICS
-from uslib.evaluation.report import human_name
+from uslib.evaluation.report import backbone_label, human_name
+from uslib.evaluation.tasks import chance_level
+from uslib.viz.style import (
+    BAND_CAPTION,
+    CHANCE_LABEL,
+    CI_CAPTION,
+    STD_CAPTION,
+    encoder_style,
+    metric_label,
+    score_axis,
+    score_scale,
+    styled,
+)
 
 
-def _scale(metric: str) -> float:
-    return 100.0 if metric in PERCENT_METRICS else 1.0
+def _chance(df: pd.DataFrame, metric: str) -> float | None:
+    """1/K of the rows' classification set for accuracy-like metrics, else None."""
+    if metric not in ("accuracy", "balanced_acc") or "data" not in df.columns or df.empty:
+        return None
+    return chance_level(str(df["data"].iloc[0]))
 
 
-def _ylabel(metric: str) -> str:
-    return f"{metric} (%)" if metric in PERCENT_METRICS else f"{metric} (mm)"
+def _backbone_groups(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Backbone label -> its encoders, pretrained first and the random-init twin last."""
+    groups: dict[str, list[str]] = {}
+    for enc, g in df.groupby("encoder", sort=False):
+        groups.setdefault(backbone_label(str(g["backbone"].iloc[0])), []).append(str(enc))
+    return {b: sorted(encs, key=lambda e: e.startswith("random:")) for b, encs in groups.items()}
 
 
+def _name(df: pd.DataFrame, enc: str) -> str:
+    return human_name(enc, str(df.loc[df["encoder"] == enc, "backbone"].iloc[0]))
+
+
+@styled
 def plot_label_efficiency(
     results: pd.DataFrame,
     *,
@@ -35,52 +58,65 @@ def plot_label_efficiency(
     published: pd.DataFrame | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Metric versus the percentage of training labels, one line per encoder (mean ± std band).
+    """Metric versus the percentage of training labels: one panel per backbone, each pretrained
+    encoder against the random-init encoder of that backbone (grey, dashed); mean ± std band
+    over folds; chance (1/K) dotted; the score axis from 0 to 100 %.
 
     Args:
-        results: long results table with ``label_fraction``, ``value``, ``std``.
+        results: long results table with ``label_fraction``, ``value``, ``std`` (and ``data``,
+            which names the set for the chance level).
         task: task to plot.
         metric: metric to plot.
         protocol: restrict to one protocol (default: all rows of the task and metric).
         published: optional published rows (``label_fraction``, ``value`` in %) drawn as a dashed
-            reference, e.g. OpenUS's Fig. 4 curve.
-        title: axes title (default ``"<task>: <metric>"``).
+            black reference in every panel, e.g. OpenUS's Fig. 4 curve.
+        title: figure title (default: task, protocol, metric and what the band is).
 
     Returns:
-        A Figure with one axes (x: % labels, log scale).
+        A Figure with one axes per backbone (x: % labels, log scale; shared y).
 
     Ref: OpenUS notes §1.6 (label-efficiency curves).
     """
     df = results[(results["task"] == task) & (results["metric"] == metric)]
     if protocol is not None:
         df = df[df["protocol"] == protocol]
-    fig = Figure(figsize=(5.0, 3.6), layout="constrained")
-    ax = fig.subplots()
-    s = _scale(metric)
-    for enc, g in df.groupby("encoder", sort=False):
-        g = g.sort_values("label_fraction")
-        x, y = 100 * g["label_fraction"].to_numpy(float), s * g["value"].to_numpy(float)
-        sd = s * g["std"].fillna(0.0).to_numpy(float)
-        ax.plot(x, y, marker="o", label=human_name(str(enc), str(g["backbone"].iloc[0])))
-        ax.fill_between(x, y - sd, y + sd, alpha=0.15)
-    if published is not None and len(published):
-        p = published.sort_values("label_fraction")
-        ax.plot(100 * p["label_fraction"], p["value"], "k--", marker="s", label="paper")
-    ax.set_xscale("log")
+    groups, s, chance = _backbone_groups(df), score_scale(metric), _chance(df, metric)
+    ncols = min(3, max(1, len(groups)))
+    nrows = -(-max(1, len(groups)) // ncols)
+    fig = Figure(figsize=(3.1 * ncols, 2.5 * nrows + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
     ticks = sorted(set(100 * df["label_fraction"].dropna().astype(float)))
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("training labels (%)")
-    ax.set_ylabel(_ylabel(metric))
+    for ax, (backbone, encoders) in zip(axes, groups.items()):
+        for enc in encoders:
+            g = df[df["encoder"] == enc].sort_values("label_fraction")
+            x, y = 100 * g["label_fraction"].to_numpy(float), s * g["value"].to_numpy(float)
+            sd = s * g["std"].fillna(0.0).to_numpy(float)
+            st = encoder_style(enc)
+            short = "random init" if enc.startswith("random:") else human_name(enc)
+            ax.plot(x, y, marker="o", label=short, **st)  # the panel title names the backbone
+            ax.fill_between(x, y - sd, y + sd, alpha=0.12, color=st["color"], linewidth=0)
+        if published is not None and len(published):
+            p = published.sort_values("label_fraction")
+            ax.plot(100 * p["label_fraction"], p["value"], "k--", marker="s", label="paper")
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        score_axis(ax, metric, chance)
+        ax.set_title(backbone)
+        ax.set_xlabel("training labels (%)")
+        ax.legend(loc="upper left")
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel(metric_label(metric))
     what = f"{protocol}, {metric}" if protocol else metric
-    ax.set_title(title or f"{task}: {what} (band: ± std over folds)", fontsize=9)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    chance_note = f"; dotted: {CHANCE_LABEL}" if chance is not None else ""
+    fig.suptitle(title or f"{task}: {what} vs training labels\n({BAND_CAPTION}{chance_note})")
     return fig
 
 
-def plot_metric_bars(
+@styled
+def plot_metric_intervals(
     results: pd.DataFrame,
     *,
     metric: str,
@@ -88,49 +124,63 @@ def plot_metric_bars(
     protocol: str | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Grouped bars: one group per task, one bar per encoder, 95 % CI (else ± std) error bars.
+    """One panel per task, one row per encoder (grouped by backbone, random init last): the score
+    at 100 % labels as a dot with its 95 % bootstrap CI (± std over folds where no CI was
+    recorded, said in the title); chance (1/K) dotted; the score axis from 0 to 100 %.
 
     Args:
         results: long results table; rows at label fraction 1 are used.
         metric: metric to plot.
         tasks: tasks to show (default: all with this metric).
         protocol: restrict to one protocol.
-        title: axes title.
+        title: figure title (default: protocol, metric and what the whiskers are).
 
     Returns:
-        A Figure with one axes.
+        A Figure with one axes per task (shared rows).
     """
     df = results[(results["metric"] == metric) & (results["label_fraction"].fillna(1.0) == 1.0)]
     if protocol is not None:
         df = df[df["protocol"] == protocol]
     tasks = list(tasks) if tasks is not None else list(dict.fromkeys(df["task"]))
-    encoders = list(dict.fromkeys(df["encoder"]))
-    fig = Figure(figsize=(max(4.0, 1.6 * len(tasks) + 2), 3.6), layout="constrained")
-    ax = fig.subplots()
-    s, width = _scale(metric), 0.8 / max(1, len(encoders))
-    for k, enc in enumerate(encoders):
-        sub = df[df["encoder"] == enc].set_index("task").reindex(tasks)
-        y = s * sub["value"].to_numpy(float)
-        has_ci = sub["ci_low"].notna().to_numpy()
-        lo = np.where(
-            has_ci, y - s * sub["ci_low"].to_numpy(float), s * sub["std"].fillna(0).to_numpy(float)
-        )
-        hi = np.where(
-            has_ci, s * sub["ci_high"].to_numpy(float) - y, s * sub["std"].fillna(0).to_numpy(float)
-        )
-        x = np.arange(len(tasks)) + (k - (len(encoders) - 1) / 2) * width
-        label = human_name(str(enc), str(df.loc[df["encoder"] == enc, "backbone"].iloc[0]))
-        ax.bar(x, y, width, yerr=np.vstack([lo, hi]), capsize=2, label=label)
-    ax.set_xticks(np.arange(len(tasks)), tasks)
-    ax.set_ylabel(_ylabel(metric))
+    groups = _backbone_groups(df)
+    order = [e for encs in groups.values() for e in encs]
+    s = score_scale(metric)
+    fig = Figure(figsize=(1.6 + 2.3 * len(tasks), 0.8 + 0.24 * len(order)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(tasks)), sharey=True, squeeze=False)).ravel()
+    ypos = {e: -i for i, e in enumerate(order)}
+    used_std = False
+    for ax, task in zip(axes, tasks):
+        sub = df[df["task"] == task]
+        for enc in order:
+            row = sub[sub["encoder"] == enc]
+            if row.empty:
+                continue
+            r = row.iloc[0]
+            v = s * float(r["value"])
+            if pd.notna(r["ci_low"]):
+                err = [[v - s * float(r["ci_low"])], [s * float(r["ci_high"]) - v]]
+            else:
+                used_std, sd = True, s * float(0.0 if pd.isna(r["std"]) else r["std"])
+                err = [[sd], [sd]]
+            color = encoder_style(enc)["color"]
+            face = "white" if enc.startswith("random:") else color  # random init: hollow
+            ax.errorbar(v, ypos[enc], xerr=err, fmt="o", color=color, mfc=face, capsize=2)
+        for k in np.cumsum([len(v) for v in groups.values()])[:-1]:
+            ax.axhline(-k + 0.5, color="0.85", linewidth=0.8)
+        score_axis(ax, metric, _chance(sub, metric), axis="x")
+        ax.set_title(task)
+        ax.set_xlabel(metric_label(metric))
+        ax.grid(axis="y", visible=False)
+    axes[0].set_yticks(list(ypos.values()), [_name(df, e) for e in order])
     what = f"{protocol}, {metric}" if protocol else metric
-    ax.set_title(title or f"{what} (error bars: 95 % bootstrap CI over test items)", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, ncols=2)
+    caption = STD_CAPTION if used_std else CI_CAPTION
+    chance = any(_chance(df[df["task"] == t], metric) is not None for t in tasks)
+    chance_note = f"; dotted: {CHANCE_LABEL}" if chance else ""
+    fig.suptitle(title or f"{what} at 100 % labels\n({caption}{chance_note})")
     return fig
 
 
+@styled
 def plot_segmentation_overlays(
     images: np.ndarray,
     masks: np.ndarray,
@@ -164,37 +214,58 @@ def plot_segmentation_overlays(
     return fig
 
 
-def plot_cost_table(cost: pd.DataFrame, *, title: str = "cost") -> Figure:
-    """The cost table (params, GFLOPs, images/s per encoder) drawn as a table with bars.
+@styled
+def plot_cost_table(
+    cost: pd.DataFrame, *, results: pd.DataFrame | None = None, title: str | None = None
+) -> Figure:
+    """Encoder cost as three bar panels (parameters, GFLOPs per image, images/s), one bar per
+    backbone, labelled with the encoders of ``results`` that use it.
 
     Args:
-        cost: rows per backbone with columns ``backbone, params_m, gflops, images_per_s``.
-        title: figure title.
+        cost: rows per backbone with columns ``backbone, params_m, gflops, images_per_s``
+            (optionally ``gflops_img_size``, ``img_size``, ``threads``).
+        results: the long results table, to name the encoders that share each backbone.
+        title: figure title (default: what is measured, at which sizes and threads).
 
     Returns:
-        A Figure: bar charts of the three quantities, one panel each.
+        A Figure with one panel per quantity, sharing the backbone rows.
     """
     cols = [c for c in ("params_m", "gflops", "images_per_s") if c in cost.columns]
-    fig = Figure(figsize=(3.2 * len(cols), 0.35 * len(cost) + 1.6), layout="constrained")
+    users: dict[str, list[str]] = {}
+    if results is not None:
+        for enc, g in results.groupby("encoder", sort=False):
+            kind = str(enc).partition(":")[0]
+            short = {"random": "random init", "supervised": "supervised"}.get(kind)
+            short = short or human_name(str(enc))
+            users.setdefault(str(g["backbone"].iloc[0]), []).append(short)
+    names = [
+        backbone_label(b) + (f"\n({', '.join(users[b])})" if b in users else "")
+        for b in cost["backbone"].astype(str)
+    ]
+    fig = Figure(figsize=(2.6 * len(cols) + 2.2, 0.55 * len(cost) + 1.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(cols), sharey=True))
-    names = cost["backbone"].astype(str).tolist()
     labels = {"params_m": "parameters (M)", "gflops": "GFLOPs / image", "images_per_s": "images/s"}
     if "gflops_img_size" in cost.columns:
-        labels["gflops"] += f" ({int(cost['gflops_img_size'].max())} px)"
+        labels["gflops"] += f" at {int(cost['gflops_img_size'].max())} px"
     if {"img_size", "threads"} <= set(cost.columns):
         r = cost.iloc[0]
-        labels["images_per_s"] += f" ({int(r['img_size'])} px, {int(r['threads'])} threads)"
+        labels["images_per_s"] += f" at {int(r['img_size'])} px, {int(r['threads'])} threads"
+    y = np.arange(len(cost))
     for ax, col in zip(axes, cols):
         vals = cost[col].to_numpy(float)
-        ax.barh(names, vals, color="tab:blue")
-        for y, v in enumerate(vals):
-            ax.text(v, y, f" {v:.3g}", va="center", fontsize=7)
+        ax.barh(y, vals, color="#4c72b0", height=0.6)
+        for yi, v in zip(y, vals):
+            ax.text(v, yi, f" {v:,.0f}" if v >= 100 else f" {v:.3g}", va="center")
+        ax.set_xlim(0, 1.25 * max(vals.max(), 1e-9))
         ax.set_xlabel(labels[col])
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title)
+        ax.grid(axis="y", visible=False)
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    fig.suptitle(title or "Encoder cost: size, forward compute and inference throughput (CPU)")
     return fig
 
 
+@styled
 def plot_confusion(
     cm: np.ndarray, class_names: Sequence[str] | None = None, title: str = ""
 ) -> Figure:
@@ -223,6 +294,7 @@ def plot_confusion(
     return fig
 
 
+@styled
 def plot_task_examples(tasks: Sequence[Any], n: int = 4) -> Figure:
     """One row per task: ``n`` images of its pool, mask outlines (green) on segmentation tasks.
 
