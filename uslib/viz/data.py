@@ -13,8 +13,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from uslib.data.sources import load_record
+from uslib.viz.style import styled
 
 
+@styled
 def plot_catalog(cat: pd.DataFrame) -> Figure:
     """Ultrasound images per organ in each paper's data (left, log scale) and datasets per access
     level (right), from ``uslib.data.catalog.load_catalog()``."""
@@ -34,6 +36,7 @@ def plot_catalog(cat: pd.DataFrame) -> Figure:
     return fig
 
 
+@styled
 def plot_manifest_counts(df: pd.DataFrame) -> Figure:
     """Manifest rows per dataset, coloured by organ (``Manifest.to_pandas()``)."""
     counts = df.groupby(["dataset", "organ"], as_index=False).size()
@@ -54,6 +57,7 @@ def _show(ax: Any, rec: dict[str, Any], title: str) -> None:
     ax.axis("off")
 
 
+@styled
 def plot_sample_grid(
     items: Sequence[dict[str, Any]], n_per_dataset: int = 4, img_size: int = 96, seed: int = 0
 ) -> Figure:
@@ -81,6 +85,7 @@ def plot_sample_grid(
     return fig
 
 
+@styled
 def plot_duplicate_pairs(
     pairs: pd.DataFrame, items: Sequence[dict[str, Any]], n: int = 4, img_size: int = 96
 ) -> Figure:
@@ -106,6 +111,7 @@ def plot_duplicate_pairs(
     return fig
 
 
+@styled
 def plot_split_table(df: pd.DataFrame, split_col: str = "split", by: str = "dataset") -> Figure:
     """Heatmap of row counts per ``by`` value (rows) and split (columns)."""
     table = pd.crosstab(df[by], df[split_col])

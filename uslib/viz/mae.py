@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from uslib.viz.style import styled
+
 PAPER_ROWS: dict[str, tuple[str, float | None]] = {
     "dmae_in1k_75": ("DMAE", 0.75),
     "dmae_in1k_95": ("DMAE", 0.95),
@@ -28,6 +30,7 @@ def _gray(ax: Any, img: Any, title: str = "") -> None:
     ax.set_axis_off()
 
 
+@styled
 def plot_reconstructions(recons: Mapping[float, Mapping[str, Any]], n_images: int = 4) -> Figure:
     """One row per masking ratio: for each image, the masked input and the reconstruction
     (visible patches pasted back), plus the original in the first row's titles.
@@ -58,6 +61,7 @@ def plot_reconstructions(recons: Mapping[float, Mapping[str, Any]], n_images: in
     return fig
 
 
+@styled
 def plot_probe_vs_ratio(df: pd.DataFrame, random_acc: float | None = None) -> Figure:
     """Linear-probe accuracy (with CI bars) against the pretraining masking ratio, per student.
 
@@ -87,6 +91,7 @@ def plot_probe_vs_ratio(df: pd.DataFrame, random_acc: float | None = None) -> Fi
     return fig
 
 
+@styled
 def plot_losses(histories: Mapping[str, Any], key: str = "loss") -> Figure:
     """Per-step training curves of several runs (``History.to_frame()`` rows with ``key``)."""
     fig, ax = plt.subplots(figsize=(4.5, 3.0))

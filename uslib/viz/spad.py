@@ -16,12 +16,14 @@ import torch
 from matplotlib.figure import Figure
 
 from uslib.ops.anisotropy import depth_patch
+from uslib.viz.style import styled
 
 
 def _np(x: Any) -> np.ndarray:
     return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
 
 
+@styled
 def plot_tokenization(records: Sequence[Mapping[str, Any]], patch: int) -> Figure:
     """Per record: the middle slice with its p x p token grid (top) and a physical-scale side
     view (depth x width) with the adaptive depth patch ``d = max(p >> aniso_d, 1)`` (bottom).
@@ -63,6 +65,7 @@ def plot_tokenization(records: Sequence[Mapping[str, Any]], patch: int) -> Figur
     return fig
 
 
+@styled
 def plot_reconstructions(target: torch.Tensor, recon: torch.Tensor, n: int = 4) -> Figure:
     """Input (top) and tokenizer reconstruction (bottom) of the middle slice of ``n`` items.
 
@@ -84,6 +87,7 @@ def plot_reconstructions(target: torch.Tensor, recon: torch.Tensor, n: int = 4) 
     return fig
 
 
+@styled
 def plot_codebook_usage(probs: torch.Tensor) -> Figure:
     """Sorted mean code probability (usage) and the per-token max probability (confidence).
 
@@ -106,6 +110,7 @@ def plot_codebook_usage(probs: torch.Tensor) -> Figure:
     return fig
 
 
+@styled
 def plot_training_curves(frames: Mapping[str, pd.DataFrame], keys: Sequence[str]) -> Figure:
     """One panel per (run, key) group: logged step values of each run (``History.to_frame``)."""
     fig, axes = plt.subplots(1, len(frames), figsize=(4.2 * len(frames), 2.8), squeeze=False)
@@ -120,6 +125,7 @@ def plot_training_curves(frames: Mapping[str, pd.DataFrame], keys: Sequence[str]
     return fig
 
 
+@styled
 def plot_probe(table: pd.DataFrame) -> Figure:
     """Probe accuracy with 95 % CI per encoder (columns ``encoder, accuracy, low, high``)."""
     fig, ax = plt.subplots(figsize=(4.5, 2.6))

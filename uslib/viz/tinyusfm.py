@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from uslib.evaluation.cost import count_params, gflops
 from uslib.ops.domain_masks import centred_log_spectrum, frequency_mask, spatial_mask
+from uslib.viz.style import styled
 
 PAPER_RATIO = {"params": 6.36, "gflops": 6.40}
 """TinyUSFM / USFM in % (abstract, notes §2.3): 5.52 M of 86 M params, 2.16 of 33.8 GFLOPs."""
@@ -31,6 +32,7 @@ def pca_2d(emb: np.ndarray) -> np.ndarray:
     return x @ vt[:2].T
 
 
+@styled
 def plot_coreset_embedding(selections: Mapping[str, Any], emb: np.ndarray) -> Figure:
     """One panel per selection: the pool in 2-D PCA of the teacher embedding, coloured by the
     dual rank's k-means cluster; selected items filled and outlined, the rest faint.
@@ -58,6 +60,7 @@ def plot_coreset_embedding(selections: Mapping[str, Any], emb: np.ndarray) -> Fi
     return fig
 
 
+@styled
 def plot_gradient_curves(curves: np.ndarray, selected: np.ndarray, n_lines: int = 12) -> Figure:
     """Per-sample gradient-norm curves of the proxy warm-up: a few individual curves and the
     median with its 10-90 % band, for selected and rejected items.
@@ -86,6 +89,7 @@ def plot_gradient_curves(curves: np.ndarray, selected: np.ndarray, n_lines: int 
     return fig
 
 
+@styled
 def plot_masked_examples(
     images: torch.Tensor, ratio: float, band: tuple[float, float], patch: int, seed: int = 0
 ) -> Figure:
@@ -115,6 +119,7 @@ def plot_masked_examples(
     return fig
 
 
+@styled
 def plot_weight_distribution(frame: pd.DataFrame) -> Figure:
     """Distillation weights over training: per-step 10/50/90 % quantiles of w (all blocks of
     the batch) and the strength lambda of the cosine ramp; per-block mean consistency beside."""
@@ -151,6 +156,7 @@ def size_table(
     return df
 
 
+@styled
 def plot_probe(table: pd.DataFrame) -> Figure:
     """Probe accuracy with 95 % CI per encoder (columns ``encoder, accuracy, ci_low, ci_high``)."""
     fig, ax = plt.subplots(figsize=(1.2 * len(table) + 1.5, 2.8))

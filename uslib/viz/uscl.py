@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from uslib.data.video import sample_mix_weights
+from uslib.viz.style import styled
 
 
 def _show(ax: Any, img: Any, title: str, normalised: bool) -> None:
@@ -26,6 +27,7 @@ def _show(ax: Any, img: Any, title: str, normalised: bool) -> None:
     ax.set_axis_off()
 
 
+@styled
 def plot_sample_pairs(dataset: Any, indices: Sequence[int] = (0, 1, 2)) -> Figure:
     """One row per video: the three sampled frames, then the two mixed positive views.
 
@@ -57,6 +59,7 @@ def plot_sample_pairs(dataset: Any, indices: Sequence[int] = (0, 1, 2)) -> Figur
     return fig
 
 
+@styled
 def plot_mix_weights(mode: str = "uscl", n: int = 5000, seed: int = 0) -> Figure:
     """Histogram of the sampler's mixing weights against the Beta density they follow.
 
@@ -76,6 +79,7 @@ def plot_mix_weights(mode: str = "uscl", n: int = 5000, seed: int = 0) -> Figure
     return fig
 
 
+@styled
 def plot_pretrain_curves(history: Any) -> Figure:
     """Training loss parts per step and validation NT-Xent per epoch (best epoch marked).
 
@@ -105,6 +109,7 @@ def plot_pretrain_curves(history: Any) -> Figure:
     return fig
 
 
+@styled
 def plot_protocol(per_fold: pd.DataFrame, published: dict[str, float] | None = None) -> Figure:
     """Per-fold downstream accuracy for each initialisation and epoch-selection rule.
 
