@@ -104,6 +104,25 @@ class Heartbeat(threading.Thread):
             print(self.line(), flush=True)
 
 
+def typed_parameters_translator() -> type:
+    """papermill's Python translator, reading ``x: int | None = None`` parameter lines too.
+
+    The house style types every parameter (``data_root: str | None = None``); papermill's
+    pattern accepts no ``|`` in an annotation, so it skipped those lines and warned "Passed
+    unknown parameter" for each one passed. This subclass widens only the annotation class.
+    """
+    import re
+
+    from papermill.translators import PythonTranslator
+
+    narrow = r"[\w_\[\],\s]*"
+    pattern = PythonTranslator.PARAMETER_PATTERN.pattern
+    if narrow not in pattern:  # papermill changed its pattern: keep its own
+        return PythonTranslator
+    wide = re.compile(pattern.replace(narrow, r"[\w_\[\],\s|.]*"))
+    return type("TypedPythonTranslator", (PythonTranslator,), {"PARAMETER_PATTERN": wide})
+
+
 def run_notebook(nb: Path, out: Path, parameters: dict[str, Any], timeout: int | None) -> float:
     """Execute ``nb`` into ``out`` with papermill; returns seconds.
 
@@ -112,6 +131,9 @@ def run_notebook(nb: Path, out: Path, parameters: dict[str, Any], timeout: int |
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+    from papermill.translators import papermill_translators
+
+    papermill_translators.register("python3", typed_parameters_translator())  # our kernel
 
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
