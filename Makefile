@@ -60,8 +60,10 @@ nbtest: install
 figures: install
 	$(PY) -m uslib.figures --profile $(PROFILE)
 
+# The benchmark suite (benchmarks/README.md): quick mode (< 15 min on 2 idle cores) by default,
+# FULL=1 for the full one; BENCH_ARGS passes options (e.g. BENCH_ARGS="--only 'train_step/*'").
 bench: install
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+	$(PY) -m benchmarks $(if $(FULL),,--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf papermill_runs/smoke .pytest_cache .ruff_cache build *.egg-info
