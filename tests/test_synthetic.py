@@ -358,3 +358,19 @@ def test_histogram_baseline_is_not_trivial(task: str, labels: tuple[int, ...]) -
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     acc = cross_val_score(clf, xs, ys, cv=StratifiedKFold(3, shuffle=True, random_state=0))
     assert acc.mean() < 0.8
+
+
+def test_stills_kept_in_memory_are_the_same_items_rendered_once(monkeypatch) -> None:
+    from uslib.data.synthetic import SyntheticStills, datasets
+
+    plain = SyntheticStills("breast", "train", 2, seed=3)
+    kept = SyntheticStills("breast", "train", 2, seed=3, keep_in_memory=True)
+    calls = []
+    real = datasets.render_still
+    monkeypatch.setattr(datasets, "render_still", lambda *a: calls.append(a) or real(*a))
+    for _ in range(2):
+        for i in range(len(kept)):
+            a, b = plain[i], kept[i]
+            assert torch.equal(a["image"], b["image"]) and a["label"] == b["label"]
+            b["image"].mul_(0)  # a caller's in-place edit must not reach the kept render
+    assert len(calls) == 2 * len(plain) + len(kept)  # plain renders every time, kept once

@@ -251,7 +251,7 @@ def synthetic_volume_mix(
         raise ValueError(f"depths {list(depths)} and slice_ratios {list(slice_ratios)} differ")
     parts: list[Dataset] = []
     if n_images > 0:
-        stills = SyntheticStills(task, split, n_images, cfg, seed)
+        stills = SyntheticStills(task, split, n_images, cfg, seed, keep_in_memory=True)
         parts.append(DepthOneImages(stills, cfg.img_size))
     for k, (d, r) in enumerate(zip(depths, slice_ratios, strict=True)):
         if n_volumes > 0:

@@ -148,6 +148,8 @@ class SyntheticStills(Dataset):
         seed: dataset seed.
         cache_dir: optional directory for the uint8 ``.npz`` cache.
         transform: optional callable applied to each record.
+        keep_in_memory: keep rendered items in memory (re-read every epoch by pretraining;
+            rendering is deterministic per item, so this changes no value, only the cost).
 
     Shape:
         ``record["image"]``: (1, H, W) float32 in [0, 1]; ``record["mask"]``: (H, W) int64.
@@ -162,12 +164,14 @@ class SyntheticStills(Dataset):
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        keep_in_memory: bool = False,
     ) -> None:
         self.spec = get_task(task)
         self.task, self.split, self.seed = task, split, int(seed)
         self.cfg = as_synthetic_config(cfg)
         self.n_per_class = int(n_per_class)
         self.transform = transform
+        self._memory: dict[int, dict[str, Any]] | None = {} if keep_in_memory else None
         self._cache = _Cache(
             cache_dir,
             {
@@ -196,6 +200,8 @@ class SyntheticStills(Dataset):
         """``render_still`` output of item ``i`` (from the cache when present)."""
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} items")
+        if self._memory is not None and i in self._memory:
+            return self._memory[i]
         item = self._cache.load(i)
         if item is None:
             label = i % len(self.spec.classes)
@@ -204,6 +210,8 @@ class SyntheticStills(Dataset):
             noisy = _noisy_label(label, len(self.spec.classes), self.cfg.label_noise, seq)
             item["meta"].update(true_label=label, label=noisy)
             self._cache.save(i, item)
+        if self._memory is not None:
+            self._memory[i] = item
         return item
 
     def __getitem__(self, i: int) -> dict[str, Any]:
