@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from uslib.ops.selective_scan import (
+    _softplus_,
     linear_scan_chunked,
     selective_scan_attention,
     selective_scan_fast,
@@ -104,6 +105,101 @@ def test_fast_strong_decay_uses_stable_form(dtype):
     # exp-of-differences (segsum) form takes over; results must not change.
     t = _inputs(2, 4, 300, 16, "grouped", dtype, scale_A=20.0, seed=5)
     _compare(t, True, dtype)
+
+
+def _nograd_compare(t, softplus, dtype, mode=torch.no_grad, **kw):
+    t = {k: v.detach() if v is not None else None for k, v in t.items()}
+    o_ref, l_ref = selective_scan_ref(**t, delta_softplus=softplus, return_last_state=True)
+    with mode():
+        o, last = selective_scan_fast(**t, delta_softplus=softplus, return_last_state=True, **kw)
+    assert not o.requires_grad and o.dtype == o_ref.dtype and o.is_contiguous()
+    _close(o, o_ref, dtype, "out (no grad)")
+    _close(last, l_ref, dtype, "last state (no grad)")
+
+
+# the forward-only path at small sizes: every layout and option, padded and unpadded chunks
+NOGRAD_GRID = [row for row in GRID if row[0] < 1000] + [
+    (1000, 1, "grouped", True, True, True, True)
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("L,n,layout,D,z,bias,softplus", NOGRAD_GRID)
+def test_nograd_matches_ref(L, n, layout, D, z, bias, softplus, dtype):
+    t = _inputs(2, 4, L, n, layout, dtype, D=D, z=z, bias=bias, seed=L + n)
+    _nograd_compare(t, softplus, dtype)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 16, 64, 1000])
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_nograd_chunk_sizes_and_modes(chunk_size, mode):
+    t = _inputs(2, 4, 257, 2, "grouped", torch.float64, seed=4)  # 257: padded chunks
+    _nograd_compare(t, True, torch.float64, mode, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nograd_strong_decay_falls_back(dtype):
+    # |dt A| ~ 100 per step: no log-space chunk fits the bound; the general path takes over
+    t = _inputs(2, 4, 300, 16, "grouped", dtype, scale_A=20.0, seed=5)
+    _nograd_compare(t, True, dtype)
+
+
+def test_nograd_without_grad_inputs_and_inputs_untouched():
+    # grad mode on but no input requires grad: the forward-only path, inputs not written
+    t = _inputs(2, 4, 40, 1, "grouped", torch.float32, bias=False, seed=6)
+    t = {k: v.detach() if v is not None else None for k, v in t.items()}
+    before = {k: v.clone() for k, v in t.items() if v is not None}
+    for softplus in (False, True):
+        out = selective_scan_fast(**t, delta_softplus=softplus)
+        assert not out.requires_grad
+        _close(out, selective_scan_ref(**t, delta_softplus=softplus), torch.float32, "out")
+    for k, v in before.items():
+        torch.testing.assert_close(t[k], v, rtol=0, atol=0)
+    half = {k: v.bfloat16() if v is not None and v.dim() == 3 else v for k, v in t.items()}
+    with torch.no_grad():
+        out = selective_scan_fast(**half, delta_softplus=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), selective_scan_ref(**half, delta_softplus=True).float())
+
+
+def test_nograd_bad_shapes_raise():
+    t = _inputs(2, 4, 10, 3, "grouped", torch.float32)
+    args = {k: t[k].detach() for k in NAMES}
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"B of shape \(2, 3, 3, 10\)"):
+            selective_scan_fast(**{**args, "B": torch.randn(2, 3, 3, 10)})
+        with pytest.raises(ValueError, match="D must be"):
+            selective_scan_fast(**{**args, "D": torch.randn(3)})
+        with pytest.raises(ValueError, match="z must be"):
+            selective_scan_fast(**{**args, "z": torch.randn(2, 4, 9)})
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fast_softplus_accuracy(dtype):
+    # float32: down to x = -80 (exp(-87) is the smallest normal float)
+    x = torch.linspace(-80 if dtype == torch.float32 else -700, 80, 200_001, dtype=dtype)
+    xd = x.double()
+    want = xd.clamp(min=0) + torch.log1p(torch.exp(-xd.abs()))  # F.softplus returns x above 20
+    got = _softplus_(x.clone())
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    rel = float(((got.double() - want).abs() / want).max())
+    assert rel < (1e-15 if dtype == torch.float64 else 3e-7), rel
+    big = torch.tensor([-1e4, 0.0, 1e4, float("inf"), -float("inf")])
+    torch.testing.assert_close(_softplus_(big.clone()), F.softplus(big))
+
+
+@pytest.mark.parametrize("live", [("u",), ("delta_bias", "A"), ("B", "C"), ("z", "D")])
+def test_grad_path_partial_requires_grad(live):
+    # the hand-written backward computes only the gradients asked for, each matching the ref
+    t = _inputs(2, 4, 70, 2, "grouped", torch.float64, seed=7)
+    t = {k: (v.detach().requires_grad_(k in live) if v is not None else None) for k, v in t.items()}
+    for fn in (selective_scan_ref, selective_scan_fast):
+        out = fn(**t, delta_softplus=True)
+        grads = torch.autograd.grad((out * out).sum(), [t[k] for k in live])
+        if fn is selective_scan_ref:
+            want = grads
+    for k, a, b in zip(live, grads, want):
+        _close(a, b, torch.float64, f"grad {k}")
 
 
 def test_linear_scan_chunked_paths_agree():
