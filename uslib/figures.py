@@ -214,12 +214,9 @@ POCUS_PAPER = (
 def _papermill_command(nb: Path, root: Path) -> str:
     """The papermill command that made the executed notebook ``nb`` (from its own metadata)."""
     meta = json.loads(nb.read_text())["metadata"].get("papermill", {})
-    args = []
-    for k, v in meta.get("parameters", {}).items():
-        v = str(v)
-        if Path(v).is_absolute() and Path(v).is_relative_to(root.parent):
-            v = "../" + Path(v).relative_to(root.parent).as_posix()
-        args.append(f"-p {k} {v}")
+    # values as recorded (an absolute data path stays absolute: the README must not depend on
+    # where the checkout that renders it lives)
+    args = [f"-p {k} {v}" for k, v in meta.get("parameters", {}).items()]
     src = f"notebooks/{nb.name}"
     out = nb.resolve().relative_to(root.resolve()).as_posix()
     return f"papermill {src} {out} " + " ".join(args)
