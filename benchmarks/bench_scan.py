@@ -8,7 +8,7 @@ Two parts, one run, one thread count (``--threads``, default 2):
   forward-only branch) and forward+backward, best of ``--repeats`` after a warm-up (the
   reference's forward+backward runs once at L >= 784: seconds, ~15 s at L = 3136).
 * **Model** (``--no-model`` skips it). ``vmamba_small`` at 224 px, batch 2: forward-only (eval,
-  ``torch.no_grad()``) and forward+backward (train, ``sum().backward()``) with
+  ``torch.no_grad()``) and forward+backward (train, backward of ``(out * w).sum()``) with
   ``scan_impl="fast"`` and ``"ref"`` (same weights), and a third arm whose scan is replaced by
   ``u * D`` (no scan at all): the cost of the rest of the model, which bounds any ratio, since
   ref / fast <= ref / no-scan. The arms run interleaved (fast, ref, no-scan, fast, ref, ...)
@@ -136,6 +136,9 @@ def model_compare(img: int, batch: int, repeats: int, repeats_bwd: int) -> dict[
     for m in list(models.values())[1:]:
         m.load_state_dict(models["fast"].state_dict())
     x = torch.randn(batch, 1, img, img, generator=torch.Generator().manual_seed(0))
+    # a generic cotangent: out.sum() would be nearly constant in the input (the last LayerNorm's
+    # weights start at 1 and sum(LN(x)) does not depend on x), leaving only roundoff gradients
+    w = torch.randn(batch, models["fast"].num_features, generator=torch.Generator().manual_seed(2))
     real_scan = vmamba.selective_scan_fn
 
     def run(arm: str, backward: bool) -> tuple[float, torch.Tensor]:
@@ -146,7 +149,7 @@ def model_compare(img: int, batch: int, repeats: int, repeats_bwd: int) -> dict[
             t0 = time.perf_counter()
             if backward:
                 out = m(x)
-                out.sum().backward()
+                (out * w).sum().backward()
             else:
                 with torch.no_grad():
                     out = m(x)
