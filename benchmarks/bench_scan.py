@@ -1,6 +1,7 @@
 """Selective scan on CPU: the sequential reference vs the chunked fast path (same results).
 
-Two parts, one run, one thread count (``--threads``, default 2):
+Two parts, one run, one thread count (``--threads``, default 2); the model first, and the JSON
+written after each part (``"complete": false`` until the kernel cases are in):
 
 * **Kernel cases.** Shapes of VMamba-S (OpenUS) at 224 px, batch 2, d_state 1, 4 scan directions
   as groups: L = 3136 (stage 1, 4 x 192 channels), 784 (stage 2, 4 x 384), 196 (stage 3,
@@ -204,8 +205,22 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     load_before = os.getloadavg()
     repeats = 1 if a.quick else a.repeats
+    out = a.out or (None if a.quick else OUT)
+    result: dict[str, Any] = {"benchmark": "selective_scan", "dtype": "float32",
+                              "quick": a.quick, "repeats": repeats}  # fmt: skip
+
+    def write(part: str) -> None:  # after each part: a run cut short keeps what it measured
+        machine = {**machine_info(a.threads), "loadavg_before": load_before,
+                   "loadavg_after": os.getloadavg(), "git": _git_commit()}  # fmt: skip
+        write_result(out, {**result, "machine": machine, "complete": part == "cases"})
+
+    if not a.no_model:  # first: the model-level comparison (issue 15's acceptance line)
+        img = 64 if a.quick else 224
+        result["vmamba_small"] = model_compare(img, 2, 1 if a.quick else a.model_repeats,
+                                               1 if a.quick else a.model_repeats_bwd)  # fmt: skip
+        write("model")
     _time(selective_scan_fast, _inputs(256, 64, 1), 1)  # warm-up
-    rows = []
+    rows = result["cases"] = []
     for L, d, n in CASES:
         d = max(8, d // 8) if a.quick else d
         ts = _inputs(L, d, n)
@@ -226,18 +241,7 @@ def main() -> None:
             f" | rel err out {err_out:.1e} (no grad {err_nograd:.1e}) grad {err_grad:.1e}",
             flush=True,
         )
-    model = None
-    if not a.no_model:
-        img = 64 if a.quick else 224
-        model = model_compare(img, 2, 1 if a.quick else a.model_repeats,
-                              1 if a.quick else a.model_repeats_bwd)  # fmt: skip
-    machine = {**machine_info(a.threads), "loadavg_before": load_before,
-               "loadavg_after": os.getloadavg(), "git": _git_commit()}  # fmt: skip
-    result = {"benchmark": "selective_scan", "dtype": "float32", "quick": a.quick,
-              "repeats": repeats, "machine": machine, "cases": rows,
-              "vmamba_small": model}  # fmt: skip
-    out = a.out or (None if a.quick else OUT)
-    write_result(out, result)
+    write("cases")
 
 
 if __name__ == "__main__":
