@@ -211,15 +211,13 @@ POCUS_PAPER = (
 """(row label, ``published.csv`` id, source) of the paper rows beside ours."""
 
 
-def _papermill_command(nb: Path, root: Path) -> str:
-    """The papermill command that made the executed notebook ``nb`` (from its own metadata)."""
-    meta = json.loads(nb.read_text())["metadata"].get("papermill", {})
-    # values as recorded (an absolute data path stays absolute: the README must not depend on
-    # where the checkout that renders it lives)
-    args = [f"-p {k} {v}" for k, v in meta.get("parameters", {}).items()]
-    src = f"notebooks/{nb.name}"
+def _papermill_command(nb: Path, params: dict[str, Any], root: Path) -> str:
+    """The papermill command that made the executed notebook ``nb`` from its ``params`` (as
+    recorded in its metadata; an absolute data path stays absolute: the README must not depend
+    on where the checkout that renders it lives)."""
+    args = " ".join(f"-p {k} {v}" for k, v in params.items())
     out = nb.resolve().relative_to(root.resolve()).as_posix()
-    return f"papermill {src} {out} " + " ".join(args)
+    return f"papermill notebooks/{nb.name} {out} {args}"
 
 
 def pocus_block(root: Path) -> str:
@@ -253,7 +251,7 @@ def pocus_block(root: Path) -> str:
             rows.append({"data (profile cpu)": data if k == 0 else "", "encoder": name,
                          "test-fold epoch (paper protocol)": cell.get("test", "-"),
                          "val epoch (honest)": cell.get("val", "-")})  # fmt: skip
-        commands.append(f"- `papermill_runs/{folder}/`: `{_papermill_command(nb, root)}`")
+        commands.append(f"- `papermill_runs/{folder}/`: `{_papermill_command(nb, params, root)}`")
     for label, id_, source in POCUS_PAPER:
         rows.append({"data (profile cpu)": "POCUS" if label else "", "encoder": label or "",
                      "test-fold epoch (paper protocol)": f"{published_value(id_):g} ({source})",
