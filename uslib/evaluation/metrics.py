@@ -29,6 +29,11 @@ PERCENT_METRICS: frozenset[str] = frozenset(
 """Metrics stored as fractions and shown as percent in tables and figures."""
 
 
+def display_scale(metric: str) -> float:
+    """Factor from the stored value to the shown one: 100 for ``PERCENT_METRICS``, else 1 (mm)."""
+    return 100.0 if metric in PERCENT_METRICS else 1.0
+
+
 def _t(x: np.ndarray | torch.Tensor | list) -> torch.Tensor:
     return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 

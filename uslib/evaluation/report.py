@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from uslib.evaluation.metrics import PERCENT_METRICS
+from uslib.evaluation.metrics import PERCENT_METRICS, display_scale
 from uslib.evaluation.published import REFERENCES, published_numbers, reference_for
 
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -188,7 +188,7 @@ HEADLINES: dict[tuple[str, str], str] = {
 
 
 def _ci_cell(metric: str, value: float, lo: float, hi: float) -> str:
-    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    scale = display_scale(metric)
     if any(isinstance(x, float) and math.isnan(x) for x in (lo, hi)):
         return f"{value * scale:.1f}"
     return f"{value * scale:.1f} [{lo * scale:.1f}, {hi * scale:.1f}]"

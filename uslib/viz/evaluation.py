@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from uslib.evaluation.metrics import display_scale
 from uslib.evaluation.report import backbone_label, human_name
 from uslib.evaluation.tasks import chance_level
 from uslib.viz.style import (
@@ -24,7 +25,6 @@ from uslib.viz.style import (
     encoder_style,
     metric_label,
     score_axis,
-    score_scale,
     styled,
 )
 
@@ -80,7 +80,7 @@ def plot_label_efficiency(
     df = results[(results["task"] == task) & (results["metric"] == metric)]
     if protocol is not None:
         df = df[df["protocol"] == protocol]
-    groups, s, chance = _backbone_groups(df), score_scale(metric), _chance(df, metric)
+    groups, s, chance = _backbone_groups(df), display_scale(metric), _chance(df, metric)
     ncols = min(3, max(1, len(groups)))
     nrows = -(-max(1, len(groups)) // ncols)
     fig = Figure(figsize=(3.1 * ncols, 2.5 * nrows + 0.5), layout="constrained")
@@ -144,7 +144,7 @@ def plot_metric_intervals(
     tasks = list(tasks) if tasks is not None else list(dict.fromkeys(df["task"]))
     groups = _backbone_groups(df)
     order = [e for encs in groups.values() for e in encs]
-    s = score_scale(metric)
+    s = display_scale(metric)
     fig = Figure(figsize=(1.6 + 2.3 * len(tasks), 0.8 + 0.24 * len(order)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(1, len(tasks)), sharey=True, squeeze=False)).ravel()
     ypos = {e: -i for i, e in enumerate(order)}

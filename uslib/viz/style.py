@@ -64,11 +64,6 @@ def encoder_style(encoder: str) -> dict[str, Any]:
     return {"color": METHOD_COLORS.get(str(encoder), OTHER_COLOR), "linestyle": "-"}
 
 
-def score_scale(metric: str) -> float:
-    """100 for metrics reported in %, else 1 (distances in mm)."""
-    return 100.0 if metric in PERCENT_METRICS else 1.0
-
-
 def metric_label(metric: str) -> str:
     return f"{metric} (%)" if metric in PERCENT_METRICS else f"{metric} (mm)"
 
