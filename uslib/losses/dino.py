@@ -7,6 +7,11 @@ student-view pairs with different views (DINO's multi-crop rule), ``ibot_patch_l
 masked tokens of each image (iBOT's MIM term). Written from the formulas of the OpenUS notes
 §1.2.3 (no code copied from iBOT or lightly).
 
+``tests/test_openus_lightly.py`` compares these with lightly 1.6 where it is installed (it is
+not a dependency): ``dino_cls_loss`` + ``update_center_`` equal lightly's ``DINOLoss``, and
+``ibot_patch_loss`` its ``IBOTPatchLoss``, but lightly centres the patch outputs on the masked
+tokens only (DINOv2) where iBOT and the notes use every token, so the centre here is our own.
+
 Ref: OpenUS notes §1.2.3 (L_cls, L_patch, centres); DINO (Caron et al. 2021); iBOT (Zhou et al.
 2022).
 """
