@@ -40,7 +40,8 @@ def train_step(row: dict[str, Any]) -> dict[str, Any]:
 
     The batch holds the first ``optim.batch_size`` items of the method's own dataset (for SPAD's
     3-D variant: of one sweep shape, at most the preset's ``n_volumes``). Memory: ``PeakRSS``
-    around the first (warm-up) step; time: ``iters`` more steps; FLOPs: one step counted after.
+    around the first (warm-up) step; time: ``iters`` more steps; FLOPs: one step counted after;
+    with ``row["profile_step"]`` one more step under ``torch.profiler`` (``profiling``).
     """
     name, profile, variant = row["method"], row["profile"], row.get("variant", "")
     bs = _batch_size(name, profile, variant)
@@ -55,6 +56,11 @@ def train_step(row: dict[str, Any]) -> dict[str, Any]:
         warm = time.perf_counter() - t0
     t = h.time_calls(step, row["iters"], warmup=0)
     flops = h.count_flops(step)
+    prof = {}
+    if row.get("profile_step"):
+        from benchmarks import profiling
+
+        prof = {"step_profile": profiling.profile_step(step)}
     return {
         "backbone": cfg.backbone, "img_size": cfg.data.img_size, "items_per_step": n,
         "item": h.ITEM_KIND[name], "input_shapes": h.tensor_shapes(batch),
@@ -62,7 +68,7 @@ def train_step(row: dict[str, Any]) -> dict[str, Any]:
         "warmup_step_s": warm, **t, "images_per_s": n / t["best_s"],
         "images_per_s_median": n / t["median_s"], "peak_rss_delta_mib": mem.delta_mib,
         "memory_measure": mem.how, "flops_per_step": flops,
-        "achieved_flops": flops / t["best_s"],
+        "achieved_flops": flops / t["best_s"], **prof,
     }  # fmt: skip
 
 

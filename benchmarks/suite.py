@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import harness as h
+from benchmarks import profiling
 
 WORKER_FLAG = "--worker"
 _MARK = "@@ROW "
@@ -39,6 +40,7 @@ MODES: dict[str, dict[str, Any]] = {
     "tiny": {
         "iters": 1,
         "profiles": ("smoke",),
+        "profile_profiles": ("smoke",),  # train_step rows profiled (profiling.py)
         "loader_profiles": ("smoke",),
         "batches": 1,
         "synthetic": ((32, 1),),
@@ -52,6 +54,7 @@ MODES: dict[str, dict[str, Any]] = {
     "quick": {
         "iters": 3,
         "profiles": ("smoke", "cpu"),
+        "profile_profiles": ("cpu",),
         "loader_profiles": ("cpu",),
         "batches": 3,
         "synthetic": ((64, 3), (128, 3)),
@@ -65,6 +68,7 @@ MODES: dict[str, dict[str, Any]] = {
     "full": {
         "iters": 10,
         "profiles": ("smoke", "cpu"),
+        "profile_profiles": ("cpu",),
         "loader_profiles": ("smoke", "cpu"),
         "batches": 10,
         "synthetic": ((64, 30), (128, 30), (224, 15)),
@@ -106,6 +110,7 @@ def plan(mode: str) -> list[dict[str, Any]]:
                         "profile": p,
                         "variant": v,
                         "iters": m["iters"],
+                        "profile_step": p in m["profile_profiles"],
                     }
                 )
     for method in h.METHODS:
@@ -218,7 +223,8 @@ def _ok(r: dict[str, Any]) -> bool:
 
 
 def finish(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
-    """Derived numbers: shares of the matmul peak, loader / step ratios, the coreset projection
+    """Derived numbers: shares of the matmul peak (and ``profile_reported``: a profiled step
+    below ``profiling.TARGET_SHARE`` of it), loader / step ratios, the coreset projection
     (appended as a ``coreset_projection`` row when at least one coreset size ran)."""
     steps = {
         (r["method"], r["profile"], r["variant"]): r
@@ -230,6 +236,8 @@ def finish(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
             continue
         if r["kind"] == "train_step":
             r["share_of_matmul_peak"] = h.share_of_peak(r["flops_per_step"], r["best_s"], peak)
+            if "step_profile" in r:
+                r["profile_reported"] = profiling.below_target(r["share_of_matmul_peak"])
         elif r["kind"] == "features":
             r["share_of_matmul_peak"] = h.share_of_peak(r["flops_per_batch"], r["best_s"], peak)
         elif r["kind"] == "loader":
@@ -251,8 +259,10 @@ def finish(rows: list[dict[str, Any]], peak: float) -> list[dict[str, Any]]:
 
 def coreset_projection(sizes: list[dict[str, Any]], n_target: int = PROJECT_N) -> dict:
     """``bench_coreset.projection`` from the largest size (time linear in N, memory slope
-    between the two largest sizes), plus an affine time fit ``a + b N`` through the two largest
-    sizes (fixed costs such as k-means++ over K = 1000 clusters dominate small N)."""
+    between the two largest sizes), plus the line through the two largest sizes
+    (``scaling.two_point_fit``; fixed costs such as k-means++ over K = 1000 clusters dominate
+    small N). A non-positive slope (the smaller size slower: warm-up, load) gives no affine
+    projection (``select_s_affine`` None, the arithmetic says why) rather than a negative time."""
     from benchmarks import bench_coreset
 
     big, small = sizes[-1], (sizes[-2] if len(sizes) > 1 else None)
@@ -263,15 +273,11 @@ def coreset_projection(sizes: list[dict[str, Any]], n_target: int = PROJECT_N) -
         **bench_coreset.projection(big, small, n_target),
     }
     if small is not None and big["n"] > small["n"]:
-        b = (big["select_s"] - small["select_s"]) / (big["n"] - small["n"])
-        a = small["select_s"] - b * small["n"]
-        t = a + b * n_target
-        out["select_s_affine"] = round(t, 1)
-        out["select_time_affine_arithmetic"] = (
-            f"b = ({big['select_s']} - {small['select_s']}) s / ({big['n']} - {small['n']}) = "
-            f"{b * 1e6:.2f} s per M rows; a = {small['select_s']} - b x {small['n']} = {a:.2f} s;"
-            f" a + b x {n_target} = {t:.1f} s"
-        )
+        from benchmarks.scaling import two_point_fit
+
+        fit = two_point_fit(small["n"], small["select_s"], big["n"], big["select_s"], n_target)
+        out["select_s_affine"] = None if fit["value"] is None else round(fit["value"], 1)
+        out["select_time_affine_arithmetic"] = fit["arithmetic"]
     return out
 
 
@@ -373,6 +379,7 @@ def markdown(result: dict[str, Any]) -> str:
                 body,
             ),
         ]
+    out += profiling.markdown(rows)
     if by["loader"]:
         body = []
         for r in by["loader"]:
@@ -515,7 +522,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"Projection to {p['n']:,} (from N = {p['from_n']}): "
                 f"{p['select_time_arithmetic']}"
                 + (
-                    f"; affine fit: {p['select_time_affine_arithmetic']}"
+                    f"; line through the two largest sizes: {p['select_time_affine_arithmetic']}"
                     if "select_time_affine_arithmetic" in p
                     else ""
                 )
