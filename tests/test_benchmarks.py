@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu, harness, suite  # noqa: E402
+from benchmarks import gpu, harness, scaling, suite  # noqa: E402
 
 
 def test_share_of_peak_hand_case() -> None:
@@ -46,12 +46,78 @@ def test_coreset_projection_arithmetic() -> None:
     assert "100.0 s x 2200000 / 1000000" in p["select_time_arithmetic"]
 
 
+def test_coreset_projection_refuses_a_negative_slope() -> None:
+    # quick run c9f95b1: the 20 K row (warm-up, load) took longer than the 100 K row
+    small = {"n": 20_000, "select_s": 37.26, "peak_alloc_mb": 183.8, "peak_rss_mb": 900.0}
+    big = {"n": 100_000, "select_s": 25.69, "peak_alloc_mb": 599.0, "peak_rss_mb": 1500.0}
+    p = suite.coreset_projection([small, big])
+    assert p["select_s_affine"] is None and "no projection" in p["select_time_affine_arithmetic"]
+    assert p["select_s"] > 0  # linear from the largest size stays
+
+
+def test_two_point_fit_hand_case() -> None:
+    # coreset.json: 24.79 s at 100 K, 84.58 s at 1 M: b = 59.79 / 900000 s/row; at 2.2 M:
+    # 84.58 + 59.79 x 1.2 M / 0.9 M = 84.58 + 79.72 = 164.30 s
+    fit = scaling.two_point_fit(100_000, 24.79, 1_000_000, 84.58, 2_200_000)
+    assert fit["value"] == pytest.approx(164.30, abs=0.01)
+    assert fit["slope"] == pytest.approx(59.79 / 900_000)
+    assert "= 164.3 s" in fit["arithmetic"]
+    assert scaling.two_point_fit(20_000, 37.26, 100_000, 25.69, 2_200_000)["value"] is None
+
+
+def test_gpu_projection_hand_case() -> None:
+    # 1,000 images x 10 epochs x 1 TFLOP = 1e16 FLOP; at 1 PFLOP/s x MFU 0.5 = 5e14 FLOP/s:
+    # 20 GPU-seconds; 8 GPUs: 2.5 s of wall time
+    p = scaling.gpu_projection(1_000, 10, 1e12, 1e15, mfu=0.5, gpus=(1, 8))
+    assert p["total_flops"] == pytest.approx(1e16)
+    assert p["gpu_seconds"] == pytest.approx(20.0)
+    assert p["gpu_hours"] == pytest.approx(20.0 / 3600)
+    assert p["wall_hours"][8] == pytest.approx(2.5 / 3600)
+    assert "= 1e+16 FLOP" in p["arithmetic"] and "20 GPU-s" in p["arithmetic"]
+    assert scaling.h100_peak() == 989e12
+
+
+def test_recipes_come_from_the_presets() -> None:
+    from uslib.methods.dmae import DMAEConfig
+    from uslib.methods.openus import OpenUSConfig
+    from uslib.methods.tinyusfm import TinyUSFMConfig
+
+    recs = {r["run"].split(" (")[0]: r for r in scaling.recipes()}
+    assert recs["OpenUS pretraining"]["epochs"] == OpenUSConfig.preset("paper").optim.epochs
+    assert recs["TinyUSFM distillation"]["images"] == TinyUSFMConfig.preset("paper").coreset_budget
+    assert recs["DMAE distillation"]["epochs"] == DMAEConfig.preset("paper").optim.epochs
+
+
+def test_readme_block_is_what_the_committed_json_generates() -> None:
+    text = (ROOT / "README.md").read_text()
+    found = scaling.readme_block(text)
+    assert found is not None, "README.md lacks the <!-- bench:start --> ... end markers"
+    suite_json = scaling.block_suite(found)
+    assert suite_json is not None and suite_json.exists(), suite_json
+    assert found == scaling.block(suite_json), (
+        "README's generated block is stale: run python -m benchmarks.scaling --readme README.md"
+        f" --suite {suite_json.relative_to(ROOT)}"
+    )
+
+
+def test_count_flops_counts_cpu_attention() -> None:
+    import torch
+
+    q = torch.randn(2, 4, 16, 8, requires_grad=True)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    # QK^T and AV: 2 x (2 B H L L E) = 2 x 2 x 2 x 4 x 16 x 16 x 8
+    assert harness.count_flops(lambda: sdpa(q, q, q)) == 2 * 2 * 2 * 4 * 16 * 16 * 8
+    assert harness.count_flops(lambda: sdpa(q, q, q).sum().backward()) == 3.5 * 65536
+
+
 def test_plan_ids_are_unique_and_select_filters() -> None:
     rows = suite.plan("quick")
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids))
     kinds = {"train_step", "loader", "synthetic", "augment", "scan", "coreset", "features"}
     assert {r["kind"] for r in rows} == kinds
+    steps = [r for r in rows if r["kind"] == "train_step"]
+    assert all(r["profile_step"] == (r["profile"] == "cpu") for r in steps)
     picked = suite.select(rows, "train_step/mae/*,loader/spad/cpu/3d")
     assert [r["id"] for r in picked] == [
         "train_step/mae/smoke", "train_step/mae/cpu", "loader/spad/cpu/3d"
@@ -101,6 +167,10 @@ def test_suite_tiny_rows_record_threads_load_and_commit(tmp_path: Path) -> None:
     assert step["share_of_matmul_peak"] == pytest.approx(
         step["flops_per_step"] / step["best_s"] / written["matmul_peak"]["used"]
     )
+    prof = step["step_profile"]  # tiny mode profiles the smoke steps
+    assert 0 < len(prof["ops"]) <= 8 and prof["profiled_step_s"] > 0
+    assert sum(o["share_of_step"] for o in prof["ops"]) + prof["other_share"] >= 0.999
+    assert isinstance(step["profile_reported"], bool)
     loader = rows["loader/mae/smoke"]
     assert set(loader["images_per_s_by_workers"]) == {"0", "1", "2"}
     assert loader["ratio_to_step_best"] > 0 and isinstance(loader["meets_2x"], bool)
@@ -108,3 +178,4 @@ def test_suite_tiny_rows_record_threads_load_and_commit(tmp_path: Path) -> None:
     for head in ("## Training step", "## DataLoader vs training step", "## Selective scan",
                  "## Evaluation feature extraction"):  # fmt: skip
         assert head in md
+    assert ("### `train_step/mae/smoke`" in md) == step["profile_reported"]
