@@ -17,10 +17,14 @@ from uslib.figures import (
     FIGURES_START,
     POCUS_END,
     POCUS_START,
+    TINYUSFM_END,
+    TINYUSFM_RUN,
+    TINYUSFM_START,
     caption,
     figures_block,
     pocus_block,
     render_history,
+    tinyusfm_block,
 )
 from uslib.runs import repo_root
 from uslib.viz.evaluation import plot_label_efficiency, plot_metric_intervals
@@ -145,3 +149,27 @@ def test_repository_readme_results_prose_quotes_no_measured_number() -> None:
     section = text[text.index("## Results") : text.index("\n## ", text.index("## Results") + 3)]
     prose = re.sub(r"<!-- (\w+):start -->.*?<!-- \1:end -->", "", section, flags=re.S)
     assert re.findall(r"\d+\.\d+", prose) == []
+
+
+def test_repository_readme_tinyusfm_arms_agree_with_the_run() -> None:
+    readme, runs = ROOT / "README.md", ROOT / "papermill_runs" / "cpu"
+    if TINYUSFM_START not in readme.read_text() or not (runs / TINYUSFM_RUN).is_dir():
+        pytest.skip("no notebook 05 cpu run committed yet")
+    assert readme_section(readme, TINYUSFM_START, TINYUSFM_END) == tinyusfm_block(runs).strip()
+
+
+def test_tinyusfm_block_reads_the_probe_and_coverage_tables(tmp_path: Path) -> None:
+    run = tmp_path / "cpu" / TINYUSFM_RUN
+    (run / "tables").mkdir(parents=True)
+    pd.DataFrame({"encoder": ["random init", "coreset-distilled"], "accuracy": [0.4, 0.61234],
+                  "ci_low": [0.35, 0.555], "ci_high": [0.45, 0.6666]}).to_csv(
+        run / "tables" / "linear_probe.csv", index=False)  # fmt: skip
+    pd.DataFrame({"selection": ["dual rank", "random"], "size": [36, 36],
+                  "clusters covered": [12, 11], "k-center radius": [0.17449, 0.3]}).to_csv(
+        run / "tables" / "coreset_coverage.csv", index=False)  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps({"probe_task": "lung", "pool": 1200,
+                                                  "coreset": 36}))  # fmt: skip
+    block = tinyusfm_block(tmp_path / "cpu")
+    assert "| 61.2 [55.5, 66.7]" in block and "| 40.0 [35.0, 45.0]" in block  # x100, 1 decimal
+    assert "lung probe acc (%)" in block and "pool 1,200 stills, coreset 36" in block
+    assert "| 11 " in block and "| 0.174 " in block

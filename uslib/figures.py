@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from uslib.evaluation.metrics import display_scale
 from uslib.evaluation.report import (
     HEADLINE_METRICS,
     RUN_LABELS,
@@ -274,6 +275,45 @@ def rewrite_pocus(readme: Path, root: Path) -> bool:
     return True
 
 
+TINYUSFM_START, TINYUSFM_END = "<!-- tinyusfm:start -->", "<!-- tinyusfm:end -->"
+"""README markers of notebook 05's arms (coreset vs random subset vs no teacher)."""
+TINYUSFM_RUN = "05_tinyusfm_coreset_distillation"
+
+
+def tinyusfm_block(runs: Path) -> str:
+    """README table of notebook 05's own linear probe (every arm, accuracy in % with its
+    bootstrap 95 % CI) and its coreset-coverage table, read from the run's ``tables/``."""
+    tables = runs / TINYUSFM_RUN / "tables"
+    probe = pd.read_csv(tables / "linear_probe.csv")
+    cover = pd.read_csv(tables / "coreset_coverage.csv")
+    metrics = json.loads((runs / TINYUSFM_RUN / "metrics.json").read_text())
+    scale = display_scale("accuracy")
+    probe_rows = [{"encoder": r.encoder, f"{metrics['probe_task']} probe acc (%)":
+                   f"{r.accuracy * scale:.1f} [{r.ci_low * scale:.1f}, {r.ci_high * scale:.1f}]"}
+                  for r in probe.itertuples()]  # fmt: skip
+    cover_rows = [{**r, "size": int(r["size"]), "clusters covered": int(r["clusters covered"]),
+                   "k-center radius": f"{r['k-center radius']:.3f}"}
+                  for r in cover.to_dict("records")]  # fmt: skip
+    where = f"`papermill_runs/{runs.name}/{TINYUSFM_RUN}/tables/`"
+    return (
+        f"Notebook 05's own probe ({where}: pool {metrics['pool']:,} stills, coreset "
+        f"{metrics['coreset']:,}; each student trained for the same steps):\n\n"
+        + pd.DataFrame(probe_rows).to_markdown(index=False, disable_numparse=True)
+        + "\n\nCoverage of the teacher-embedding space by each selection of the same size:\n\n"
+        + pd.DataFrame(cover_rows).to_markdown(index=False, disable_numparse=True)
+    )
+
+
+def rewrite_tinyusfm(readme: Path, runs: Path) -> bool:
+    """Rewrite the README TinyUSFM-arms table; False without markers or without the run."""
+    if not readme.is_file() or TINYUSFM_START not in readme.read_text():
+        return False
+    if not (runs / TINYUSFM_RUN / "tables" / "linear_probe.csv").is_file():
+        return False
+    update_readme(readme, tinyusfm_block(runs), TINYUSFM_START, TINYUSFM_END)
+    return True
+
+
 RENDERERS: dict[str, Callable[[Path, Path], list[Path]]] = {EVAL_RUN: render_evaluation}
 """Run-folder name -> ``renderer(run_dir, out_dir) -> written paths``; other notebooks may add
 theirs (the default is ``render_history``)."""
@@ -335,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("README list of figures rewritten")
         if rewrite_pocus(root / "README.md", root):
             print("README POCUS table rewritten")
+        if rewrite_tinyusfm(root / "README.md", runs):
+            print("README TinyUSFM arms table rewritten")
     return 0
 
 
