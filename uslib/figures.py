@@ -18,12 +18,12 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from uslib.evaluation.metrics import display_scale
 from uslib.evaluation.report import (
     HEADLINE_METRICS,
     RUN_LABELS,
     SUMMARY_STEM,
     VS_RANDOM,
+    ci_cell,
     read_vs_random,
     readme_block,
     summary_table,
@@ -287,9 +287,8 @@ def tinyusfm_block(runs: Path) -> str:
     probe = pd.read_csv(tables / "linear_probe.csv")
     cover = pd.read_csv(tables / "coreset_coverage.csv")
     metrics = json.loads((runs / TINYUSFM_RUN / "metrics.json").read_text())
-    scale = display_scale("accuracy")
     probe_rows = [{"encoder": r.encoder, f"{metrics['probe_task']} probe acc (%)":
-                   f"{r.accuracy * scale:.1f} [{r.ci_low * scale:.1f}, {r.ci_high * scale:.1f}]"}
+                   ci_cell("accuracy", r.accuracy, r.ci_low, r.ci_high)}
                   for r in probe.itertuples()]  # fmt: skip
     cover_rows = [{**r, "size": int(r["size"]), "clusters covered": int(r["clusters covered"]),
                    "k-center radius": f"{r['k-center radius']:.3f}"}

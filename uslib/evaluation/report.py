@@ -187,7 +187,8 @@ HEADLINES: dict[tuple[str, str], str] = {
 """(protocol, metric) -> column label of the pretrained-vs-random-init comparison (per task)."""
 
 
-def _ci_cell(metric: str, value: float, lo: float, hi: float) -> str:
+def ci_cell(metric: str, value: float, lo: float, hi: float) -> str:
+    """``value [lo, hi]`` in the metric's display scale, one decimal (``value`` alone if no CI)."""
     scale = display_scale(metric)
     if any(isinstance(x, float) and math.isnan(x) for x in (lo, hi)):
         return f"{value * scale:.1f}"
@@ -232,11 +233,11 @@ def vs_random_table(results: pd.DataFrame, *, label_fraction: float = 1.0) -> pd
             q = rand.loc[key]
             q = q.iloc[0] if isinstance(q, pd.DataFrame) else q
             mark = separation(r.ci_low, r.ci_high, q["ci_low"], q["ci_high"])
-            ours = _ci_cell(r.metric, r.value, r.ci_low, r.ci_high)
+            ours = ci_cell(r.metric, r.value, r.ci_low, r.ci_high)
             dagger = (
                 CONTAMINATION_MARK if isinstance(r.contamination, str) and r.contamination else ""
             )
-            theirs = _ci_cell(r.metric, q["value"], q["ci_low"], q["ci_high"])
+            theirs = ci_cell(r.metric, q["value"], q["ci_low"], q["ci_high"])
             label = HEADLINES[r.protocol, r.metric]
             row[f"{r.task} · {label}"] = f"{ours}{dagger} vs {theirs} {mark}"
         if len(row) > 2:
