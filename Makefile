@@ -20,7 +20,12 @@ export HF_DATASETS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: install reproduce smoke test unit nbtest lint figures bench clean
+.PHONY: install reproduce reproduce-real check-data smoke test unit nbtest lint figures bench clean
+
+# The real-data track (issue 16): every notebook on the real sets under REAL_DATA, into
+# papermill_runs/<profile>_real/; skipped with a message when the folder is absent. Run it after
+# `make reproduce`: the synthetic run's encoders give 07's synthetic-to-real rows.
+REAL_DATA ?= ../shared/data
 
 install: $(STAMP)
 
@@ -37,6 +42,14 @@ $(STAMP): pyproject.toml requirements.lock
 reproduce: install
 	$(PY) -m uslib.reproduce --profile $(PROFILE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 	$(MAKE) --no-print-directory figures PROFILE=$(PROFILE)
+
+reproduce-real: install
+	$(PY) -m uslib.reproduce --profile $(PROFILE) --data-root $(REAL_DATA) --skip-missing
+	@if [ -d "$(REAL_DATA)" ]; then $(MAKE) --no-print-directory figures PROFILE=$(PROFILE); fi
+
+# Dry run of a data folder before any training: counts, rejected files, duplicates and leakage.
+check-data: install
+	$(PY) -m uslib.data.check $(or $(DATA_ROOT),$(REAL_DATA))
 
 smoke:
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke

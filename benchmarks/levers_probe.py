@@ -1,16 +1,18 @@
 """One cpu-preset lever: train a method preset with overrides, then notebook 07's linear probe.
 
-``python -m benchmarks.levers_probe openus TAG '{"mask_ratio": 0.4}'`` trains OpenUS's ``cpu``
-preset with the overrides into ``/tmp/exp/TAG`` and prints 07's cpu linear probe (lung, breast,
-liver; 5 grouped folds) for the saved encoder and its random-init twin. Results of the runs made
-with it: ``benchmarks/results/cpu_levers.md``.
+``python -m benchmarks.levers_probe openus TAG '{"mask_ratio": 0.4}' [--out DIR]`` trains OpenUS's
+``cpu`` preset with the overrides into ``DIR/TAG`` (default: the system temporary folder's
+``uslib_levers/``; never the repository's run folders) and prints 07's cpu linear probe (lung,
+breast, liver; 5 grouped folds) for the saved encoder and its random-init twin. Results of the
+runs made with it: ``benchmarks/results/cpu_levers.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,12 +22,15 @@ from uslib.evaluation.discovery import discover_checkpoints
 from uslib.methods import openus
 
 
-def main(argv: list[str]) -> None:
-    method, tag = argv[0], argv[1]
-    over = json.loads(argv[2] if len(argv) > 2 else "{}")
-    if method != "openus":
-        raise SystemExit(f"levers_probe trains openus only (got {method!r})")
-    root, t0 = Path("/tmp/exp") / tag, time.time()
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("method", choices=["openus"])
+    ap.add_argument("tag", help="name of this variant (its folder under --out)")
+    ap.add_argument("overrides", nargs="?", default="{}", help="JSON preset overrides")
+    ap.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "uslib_levers"))
+    args = ap.parse_args(argv)
+    over = json.loads(args.overrides)
+    root, t0 = Path(args.out) / args.tag, time.time()
     cfg = openus.OpenUSConfig.preset("cpu", **over)
     name = "03_openus_pretraining"
     out = root / "papermill_runs" / "cpu" / name
@@ -42,4 +47,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

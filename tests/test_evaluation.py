@@ -293,13 +293,13 @@ def test_head_circumference_errors():
     assert err[0] == pytest.approx(0.0) and 0 < err[1] < 10 and np.isnan(err[2])
 
 
-def _fake_run(root, name, backbone, task="lung", weights=True):
+def _fake_run(root, name, backbone, task="lung", weights=True, run_set="cpu", pretrain_data=None):
     import yaml
     from safetensors.torch import save_file
 
     from uslib.models import create_backbone
 
-    run_dir = root / "papermill_runs" / "cpu" / name
+    run_dir = root / "papermill_runs" / run_set / name
     ck = run_dir / "checkpoints"
     ck.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(
@@ -312,6 +312,8 @@ def _fake_run(root, name, backbone, task="lung", weights=True):
             str(ck / "encoder.safetensors"),
         )
     spec = {"backbone": backbone, "kwargs": {}, "method": name.split("_")[1]}
+    if pretrain_data is not None:
+        spec["pretrain_data"] = list(pretrain_data)
     (ck / "encoder.yaml").write_text(yaml.safe_dump({**spec, "input_norm": [0.5, 0.25]}))
     return enc
 

@@ -210,6 +210,12 @@ class EvalConfig(ConfigBase):
     knn_k: int = 20
 
 
+CPU_FRAMES_PER_CLIP = 8
+"""``cpu`` presets' ``data.frames_per_clip`` on real clips: 8 evenly spaced frames of each of the
+118 POCUS clips (944 of 2,110 frames), about the size of the synthetic pools, so that the real-data
+track keeps each notebook near its ~8 min budget (issue 16's "frame sampling per clip" lever)."""
+
+
 @dataclass(frozen=True)
 class DataConfig(ConfigBase):
     """Where the data comes from and how it is shaped.
@@ -225,6 +231,7 @@ class DataConfig(ConfigBase):
     n_videos: int = 12  # synthetic videos (video methods)
     frames_per_video: int = 8
     val_fraction: float = 0.2
+    frames_per_clip: int | None = None  # real clips: at most this many frames each (None: all)
     seed: int = 0
 
 

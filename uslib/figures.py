@@ -31,6 +31,7 @@ from uslib.evaluation.report import (
     vs_random_table,
     write_tables,
 )
+from uslib.paths import REAL_SUFFIX
 from uslib.viz.evaluation import plot_cost_table, plot_label_efficiency, plot_metric_intervals
 from uslib.viz.style import encoder_style, styled
 
@@ -109,6 +110,19 @@ def render_evaluation(run_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _rewrite_block(
+    readme: Path, markers: tuple[str, str], needs: Sequence[Path], block: Callable[[], str]
+) -> bool:
+    """Replace the README text between ``markers`` with ``block()``; False (nothing written)
+    when the README, its start marker or any of the ``needs`` files is missing."""
+    if not readme.is_file() or markers[0] not in readme.read_text():
+        return False
+    if not all(p.exists() for p in needs):
+        return False
+    update_readme(readme, block(), *markers)
+    return True
+
+
 TIMINGS_START, TIMINGS_END = "<!-- timings:start -->", "<!-- timings:end -->"
 """README markers of the notebooks' wall times (``papermill_runs/<profile>/reproduce.json``)."""
 
@@ -137,11 +151,8 @@ def rewrite_timings(readme: Path, runs: Path, profile: str) -> bool:
     """Rewrite the README timings section from ``<runs>/reproduce.json``; False if either is
     absent or the README has no timings markers."""
     rec = runs / "reproduce.json"
-    if not rec.is_file() or not readme.is_file() or TIMINGS_START not in readme.read_text():
-        return False
-    block = timings_block(json.loads(rec.read_text()), profile)
-    update_readme(readme, block, TIMINGS_START, TIMINGS_END)
-    return True
+    return _rewrite_block(readme, (TIMINGS_START, TIMINGS_END), [rec],
+                          lambda: timings_block(json.loads(rec.read_text()), profile))  # fmt: skip
 
 
 FIGURES_START, FIGURES_END = "<!-- figures:start -->", "<!-- figures:end -->"
@@ -193,11 +204,8 @@ def figures_block(out_dir: Path, runs: Path, link_root: Path) -> str:
 def rewrite_figures(readme: Path, out_dir: Path, runs: Path) -> bool:
     """Rewrite the README list of figures from the PNGs in ``out_dir``; False if the README has
     no figures markers."""
-    if not readme.is_file() or FIGURES_START not in readme.read_text():
-        return False
-    block = figures_block(out_dir, runs, readme.parent)
-    update_readme(readme, block, FIGURES_START, FIGURES_END)
-    return True
+    return _rewrite_block(readme, (FIGURES_START, FIGURES_END), [],
+                          lambda: figures_block(out_dir, runs, readme.parent))  # fmt: skip
 
 
 POCUS_START, POCUS_END = "<!-- pocus:start -->", "<!-- pocus:end -->"
@@ -267,12 +275,9 @@ def pocus_block(root: Path) -> str:
 
 def rewrite_pocus(readme: Path, root: Path) -> bool:
     """Rewrite the README POCUS table; False without markers or without any run."""
-    if not readme.is_file() or POCUS_START not in readme.read_text():
-        return False
     if not any((root / "papermill_runs" / f / "02_uscl_sample_pairs").is_dir() for f in POCUS_RUNS):
         return False
-    update_readme(readme, pocus_block(root), POCUS_START, POCUS_END)
-    return True
+    return _rewrite_block(readme, (POCUS_START, POCUS_END), [], lambda: pocus_block(root))
 
 
 TINYUSFM_START, TINYUSFM_END = "<!-- tinyusfm:start -->", "<!-- tinyusfm:end -->"
@@ -305,12 +310,62 @@ def tinyusfm_block(runs: Path) -> str:
 
 def rewrite_tinyusfm(readme: Path, runs: Path) -> bool:
     """Rewrite the README TinyUSFM-arms table; False without markers or without the run."""
-    if not readme.is_file() or TINYUSFM_START not in readme.read_text():
-        return False
-    if not (runs / TINYUSFM_RUN / "tables" / "linear_probe.csv").is_file():
-        return False
-    update_readme(readme, tinyusfm_block(runs), TINYUSFM_START, TINYUSFM_END)
-    return True
+    need = runs / TINYUSFM_RUN / "tables" / "linear_probe.csv"
+    return _rewrite_block(readme, (TINYUSFM_START, TINYUSFM_END), [need],
+                          lambda: tinyusfm_block(runs))  # fmt: skip
+
+
+REAL_START, REAL_END = "<!-- real:start -->", "<!-- real:end -->"
+"""README markers of the real-data track's table (``papermill_runs/<profile>_real/``)."""
+REAL_PAPER = (
+    (
+        "USCL, paper: partial FT, best test-fold epoch, 224 px, US-4 pretraining",
+        "uscl_pocus_acc_readme",
+    ),
+    ("ImageNet ResNet-18, paper (same protocol)", "uscl_pocus_imagenet_acc"),
+    ("Meta-USCL ResNet-18 at 64 px (follow-up paper)", "metauscl_pocus_r18_64"),
+)
+"""(label, ``published.csv`` id) of the papers' POCUS numbers set beside the real-data table."""
+
+
+def real_block(runs: Path) -> str:
+    """README text of the real-data track: every pretrained encoder against the random-init
+    encoder of its backbone on real POCUS (linear probe accuracy) and HC18 (Dice), with 95 % CIs
+    and separation marks (``report.vs_random_table``), the setting of each row, the papers'
+    numbers, and the run's wall time (``reproduce.json``)."""
+    from uslib.evaluation.published import published_value
+
+    results = pd.read_csv(runs / EVAL_RUN / "tables" / "results.csv", keep_default_na=False,
+                          na_values=[""])  # fmt: skip
+    results["contamination"] = results["contamination"].fillna("")
+    table = vs_random_table(results)
+    syn = table["encoder"].str.startswith("synthetic:")
+    table.insert(1, "pretrained on", ["synthetic default (synthetic-to-real)" if s else
+                                      "real POCUS frames, unlabelled" for s in syn])  # fmt: skip
+    marks = table.drop(columns=["encoder", "pretrained on", "backbone"]).stack()
+    n_up, n_cells = int(marks.str.endswith("▲").sum()), len(marks)
+    rec = json.loads((runs / "reproduce.json").read_text())
+    m = rec["machine"]
+    papers = "; ".join(f"{label} {published_value(i):g} %" for label, i in REAL_PAPER)
+    return (
+        f"`papermill_runs/{runs.name}/` (`{rec['make']}`, commit {str(rec['git_sha'])[:7]}): "
+        f"{rec['total_s'] / 60:.1f} min on {m['cpu_count']} cores ({m['torch_threads']} torch "
+        f"threads, {m['matmul_gflops_fp32']} GFLOP/s fp32 matmul). Each cell: ours [95 % CI] vs "
+        "random init of the same backbone [95 % CI]; ▲ / ▼ the CIs separate above / below, ≈ "
+        "they overlap; † the encoder saw these images, unlabelled, in pretraining (POCUS rows "
+        "of the POCUS-pretrained encoders: transductive); HC18 is cross-organ for every "
+        f"encoder. **{n_up} of {n_cells} comparisons separate above random init.**\n\n"
+        + table.to_markdown(index=False, disable_numparse=True)
+        + f"\n\nPapers, POCUS accuracy (not like-for-like: 224 px, their corpora): {papers}. "
+        "None of the five papers reports HC18."
+    )
+
+
+def rewrite_real(readme: Path, runs: Path) -> bool:
+    """Rewrite the README real-data table from ``runs`` (a ``<profile>_real`` run set); False
+    without markers or without its 07 results and ``reproduce.json``."""
+    need = [runs / EVAL_RUN / "tables" / "results.csv", runs / "reproduce.json"]
+    return _rewrite_block(readme, (REAL_START, REAL_END), need, lambda: real_block(runs))
 
 
 RENDERERS: dict[str, Callable[[Path, Path], list[Path]]] = {EVAL_RUN: render_evaluation}
@@ -376,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("README POCUS table rewritten")
         if rewrite_tinyusfm(root / "README.md", runs):
             print("README TinyUSFM arms table rewritten")
+        if rewrite_real(root / "README.md", runs.with_name(f"{args.profile}{REAL_SUFFIX}")):
+            print("README real-data table rewritten")
     return 0
 
 

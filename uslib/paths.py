@@ -24,9 +24,20 @@ def repo_root() -> Path:
     raise FileNotFoundError("cannot find the repository root; set USLIB_ROOT")
 
 
-def runs_root(profile: str) -> Path:
-    """``<repo>/papermill_runs/<profile>``."""
-    return repo_root() / "papermill_runs" / profile
+REAL_SUFFIX = "_real"
+"""Run sets of the real-data track are ``papermill_runs/<profile>_real`` (issue 16)."""
+
+
+def run_set(profile: str, data_root: str | Path | None = None) -> str:
+    """The folder name under ``papermill_runs/`` of a run: ``<profile>`` on the synthetic default,
+    ``<profile>_real`` when ``data_root`` is given, so that a real-data run never overwrites (or is
+    evaluated as) the synthetic one."""
+    return f"{profile}{REAL_SUFFIX}" if data_root else profile
+
+
+def runs_root(profile: str, data_root: str | Path | None = None) -> Path:
+    """``<repo>/papermill_runs/<run_set(profile, data_root)>``."""
+    return repo_root() / "papermill_runs" / run_set(profile, data_root)
 
 
 def resolve_repo_path(path: str | Path) -> Path:

@@ -1,7 +1,10 @@
 """Run every notebook in order with papermill: ``python -m uslib.reproduce --profile cpu``.
 
-Executed copies go to ``papermill_runs/<profile>/NN_x.ipynb`` (run folders beside them). While a
-notebook runs, a line every 30 s says which cell runs (k of n), the elapsed time and, inside
+Executed copies go to ``papermill_runs/<profile>/NN_x.ipynb`` (run folders beside them); with
+``--data-root`` (the real-data track) to ``papermill_runs/<profile>_real/``, after a dry run of
+``uslib.data.check`` has validated the root (a wrong or empty root stops before any training;
+``--skip-missing`` turns an absent root into a skip with a message, for ``make reproduce-real``).
+While a notebook runs, a line every 30 s says which cell runs (k of n), the elapsed time and, inside
 training, the engine's step, loss and images/s (read from the run folder's ``progress.json``); one
 line per notebook with its duration; the first failure stops the run, naming the notebook and the
 cell. Kernels talk over local IPC sockets (no TCP, so no unencrypted-TCP warning).
@@ -38,6 +41,14 @@ def notebooks_in(folder: Path, only: Sequence[str] = ()) -> list[Path]:
 
 
 HEARTBEAT_S = 30.0
+
+REAL_TRACK_PARAMS: dict[str, dict[str, Any]] = {
+    # USCL's in-notebook POCUS protocol fine-tunes random init and USCL on each test fold: on the
+    # 2,110 real frames 5 folds took 22.5 min at cpu (papermill_runs/cpu_pocus, 1 fold ~4.5); the
+    # real track runs 1 fold there, and notebook 07 scores every encoder on all 5 folds.
+    "02_uscl_sample_pairs": {"protocol_folds": 1},
+}
+"""Extra papermill parameters per notebook in the real-data track (``--data-root``)."""
 
 
 class IPCKernelManager(AsyncKernelManager):
@@ -260,7 +271,7 @@ def reproduce(
         ``(notebook name, seconds)`` per notebook.
     """
     folder = notebooks_dir or repo_root() / "notebooks"
-    target = out_dir or runs_root(profile)
+    target = out_dir or runs_root(profile, data_root)
     params: dict[str, Any] = {"profile": profile}
     if data_root:
         params["data_root"] = str(Path(data_root).resolve())
@@ -269,12 +280,38 @@ def reproduce(
         raise FileNotFoundError(f"no NN_*.ipynb notebooks in {folder}")
     done = []
     for nb in books:
-        secs = run_notebook(nb, target / nb.name, params, timeout)
+        extra = REAL_TRACK_PARAMS.get(nb.stem, {}) if data_root else {}
+        secs = run_notebook(nb, target / nb.name, {**params, **extra}, timeout)
         print(f"  ok  {nb.name:<45} {secs:7.1f} s", flush=True)
         done.append((nb.name, secs))
         if record is not None:
             _record_notebook(target / "reproduce.json", record, nb.stem, secs)
     return done
+
+
+def _check_data_root(data_root: str, skip_missing: bool) -> int | None:
+    """The dry run before a real-data track: ``None`` to go on, else the exit code.
+
+    An absent root is a skip (0) with ``skip_missing``, else an error (2); a root holding no
+    usable layout is an error (2) naming it; rejected files are printed and do not stop the run.
+    """
+    from uslib.data.check import check_data_root
+    from uslib.data.validation import LayoutError
+
+    if not Path(data_root).exists():
+        what = "skipped" if skip_missing else "cannot run"
+        print(f"reproduce: data root {data_root} does not exist: the real-data track {what}")
+        return 0 if skip_missing else 2
+    try:
+        report = check_data_root(data_root)
+    except (FileNotFoundError, LayoutError) as err:
+        print(f"reproduce: {err}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    if not report.usable:
+        print(f"reproduce: {data_root}: a data set has no valid item (see above)", file=sys.stderr)
+        return 2
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,7 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--only", default="", help="comma-separated notebook numbers, e.g. 01,07")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout (s)")
+    parser.add_argument(
+        "--skip-missing", action="store_true", help="an absent --data-root is a skip (exit 0)"
+    )
     args = parser.parse_args(argv)
+    if args.data_root is not None:
+        status = _check_data_root(args.data_root, args.skip_missing)
+        if status is not None:
+            return status
     only = [s.strip().zfill(2) for s in args.only.split(",") if s.strip()]
     record = run_record(
         args.profile, args.data_root, list(argv if argv is not None else sys.argv[1:])
@@ -302,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"FAILED {err}", file=sys.stderr)
         return 1
     total = time.perf_counter() - t0
-    target = runs_root(args.profile)
+    target = runs_root(args.profile, args.data_root)
     print(
         f"reproduce: {len(done)} notebooks ran in {total / 60:.1f} min "
         f"-> {target.relative_to(repo_root())}/"

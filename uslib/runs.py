@@ -186,6 +186,7 @@ def start(
     seed: int = 0,
     publish: bool = False,
     verbose: bool = True,
+    data_root: str | Path | None = None,
 ) -> Run:
     """Create (or reuse) the run folder, write config and provenance, seed everything.
 
@@ -197,12 +198,15 @@ def start(
         name: run name, the notebook stem (``"02_uscl_sample_pairs"``).
         cfg: the resolved config, written to ``config.yaml``.
         profile: ``smoke`` / ``cpu`` / ``paper``.
-        out_dir: explicit folder; default ``<repo>/papermill_runs/<profile>/<name>``.
+        out_dir: explicit folder; default ``runs_root(profile, data_root) / name``
+            (``papermill_runs/<profile>/<name>``, or ``<profile>_real`` with real data).
         seed: global seed.
         publish: also write figures to ``<repo>/figures/``.
         verbose: print the resolved config and a one-line environment summary.
+        data_root: the real data the run reads (``None``: the synthetic default); picks the
+            default run set.
     """
-    folder = Path(out_dir) if out_dir is not None else runs_root(profile) / name
+    folder = Path(out_dir) if out_dir is not None else runs_root(profile, data_root) / name
     if not folder.is_absolute():
         folder = repo_root() / folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,17 +227,18 @@ def start(
     return Run(name=name, profile=profile, dir=folder, seed=seed, publish=publish)
 
 
-def find_runs(profile: str, pattern: str = "*") -> list[Path]:
-    """Run folders of ``profile`` whose name matches ``pattern``, sorted."""
-    root = runs_root(profile)
+def find_runs(profile: str, pattern: str = "*", data_root: str | Path | None = None) -> list[Path]:
+    """Run folders of ``profile`` (its real-data set when ``data_root`` is given) whose name
+    matches ``pattern``, sorted."""
+    root = runs_root(profile, data_root)
     return sorted(p for p in root.glob(pattern) if p.is_dir()) if root.is_dir() else []
 
 
-def find_encoders(profile: str) -> list[Path]:
-    """Every ``checkpoints/encoder.yaml`` under the profile's run folders (pretrained encoders)."""
+def find_encoders(profile: str, data_root: str | Path | None = None) -> list[Path]:
+    """Every ``checkpoints/encoder.yaml`` under the run set's folders (pretrained encoders)."""
     return sorted(
         p / "checkpoints" / ENCODER_SPEC
-        for p in find_runs(profile)
+        for p in find_runs(profile, data_root=data_root)
         if (p / "checkpoints" / ENCODER_SPEC).is_file()
     )
 

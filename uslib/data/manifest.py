@@ -294,11 +294,11 @@ def save_manifest(manifest: Manifest, out_dir: str | Path) -> Path:
     return out
 
 
-def manifest_dir(profile: str) -> Path:
-    """Where notebook 01 writes the manifest of ``profile`` (default run folder)."""
+def manifest_dir(profile: str, data_root: str | Path | None = None) -> Path:
+    """Where notebook 01 writes the manifest of ``profile`` (default run folder of its run set)."""
     from uslib.paths import runs_root
 
-    return runs_root(profile) / "01_dataset_assembly" / "manifest"
+    return runs_root(profile, data_root) / "01_dataset_assembly" / "manifest"
 
 
 def load_manifest(out_dir: str | Path) -> Manifest:

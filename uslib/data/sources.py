@@ -284,6 +284,29 @@ def pocus_videos(
     return ClipCollection(clips, img_size=img_size, max_frames=max_frames)
 
 
+def pocus_frame_array(
+    data_root: str | Path, img_size: int, max_frames_per_clip: int | None = None
+) -> tuple[np.ndarray, Path]:
+    """Every extracted POCUS frame under ``data_root`` as one unlabelled ``(N, S, S)`` uint8
+    array (pretraining input of the image methods), and the layout folder.
+
+    Args:
+        data_root: a POCUS layout or a folder holding one (:func:`pocus_root`).
+        img_size: square frame side ``S``.
+        max_frames_per_clip: keep at most this many frames of each clip, evenly spaced over it
+            (``None``: all 2,201 frames of the shipped set).
+
+    Raises:
+        FileNotFoundError: no POCUS layout at ``data_root`` (the path is named).
+    """
+    root = pocus_root(data_root)
+    if root is None:
+        raise ValueError("pocus_frame_array needs a data_root (None is the synthetic default)")
+    coll = pocus_videos(root, img_size=img_size, max_frames=max_frames_per_clip)
+    frames = [coll.video(i)["frames"] for i in range(len(coll))]
+    return np.concatenate(frames).astype(np.uint8), root
+
+
 def pocus_root(data_root: str | Path | None) -> Path | None:
     """The POCUS layout (a folder with ``samples.csv``) at or directly under ``data_root``.
 

@@ -93,6 +93,13 @@ class BenchmarkConfig(ConfigBase):
         },
     }  # fmt: skip
 
+    def real_only(self) -> BenchmarkConfig:
+        """The real-data track's settings (issue 16): the real tasks alone (the synthetic ones
+        are scored by the synthetic run), with partial fine-tuning and the supervised reference
+        on POCUS instead of synthetic lung."""
+        return self.replace(cls_tasks=(), seg_tasks=(), finetune_tasks=("pocus",),
+                            supervised_tasks=("pocus",))  # fmt: skip
+
 
 @dataclass
 class BenchmarkResult:

@@ -19,6 +19,7 @@ import yaml
 from torch import nn
 
 from uslib.models.adapter import adapt_encoder
+from uslib.paths import run_set
 from uslib.runs import ENCODER_SPEC, ENCODER_WEIGHTS, load_encoder, read_encoder_spec, repo_root
 
 SOURCES: tuple[str, ...] = ("pretrained", "random", "supervised")
@@ -104,12 +105,21 @@ def _pretrain_data(spec: dict[str, Any], run_dir: Path) -> tuple[str, ...]:
     return (f"real:{task}",) if data.get("data_root") else (f"synthetic:{task}",)
 
 
-def discover_checkpoints(profile: str, *, root: str | Path | None = None) -> list[EncoderEntry]:
-    """Every pretrained encoder saved under ``<root>/papermill_runs/<profile>/*/checkpoints/``.
+def discover_checkpoints(
+    profile: str,
+    *,
+    root: str | Path | None = None,
+    data_root: str | Path | None = None,
+    name_prefix: str = "",
+) -> list[EncoderEntry]:
+    """Every pretrained encoder saved under ``<root>/papermill_runs/<run set>/*/checkpoints/``.
 
     Args:
         profile: ``smoke`` / ``cpu`` / ``paper``.
         root: repository root (default ``uslib.runs.repo_root()``).
+        data_root: given: the real-data run set (``<profile>_real``, ``paths.run_set``).
+        name_prefix: put before each run name (e.g. ``"synthetic:"`` for the synthetic
+            encoders that the real-data track evaluates beside its own).
 
     Returns:
         One ``EncoderEntry`` per run folder holding both ``encoder.safetensors`` and
@@ -118,7 +128,8 @@ def discover_checkpoints(profile: str, *, root: str | Path | None = None) -> lis
     Raises:
         ValueError: an ``encoder.yaml`` without a ``backbone`` key (the file is named).
     """
-    base = Path(root if root is not None else repo_root()) / "papermill_runs" / profile
+    base = Path(root if root is not None else repo_root()) / "papermill_runs"
+    base = base / run_set(profile, data_root)
     out = []
     for spec_path in sorted(base.glob(f"*/checkpoints/{ENCODER_SPEC}")):
         if not (spec_path.parent / ENCODER_WEIGHTS).is_file():
@@ -127,7 +138,7 @@ def discover_checkpoints(profile: str, *, root: str | Path | None = None) -> lis
         run_dir = spec_path.parent.parent
         out.append(
             EncoderEntry(
-                name=run_dir.name,
+                name=f"{name_prefix}{run_dir.name}",
                 backbone=str(spec["backbone"]),
                 kwargs=dict(spec.get("kwargs") or {}),
                 source="pretrained",
@@ -138,6 +149,22 @@ def discover_checkpoints(profile: str, *, root: str | Path | None = None) -> lis
             )
         )
     return out
+
+
+SYNTHETIC_PREFIX = "synthetic:"
+"""Name prefix of the synthetic run's encoders when the real-data track evaluates them."""
+
+
+def track_encoders(
+    profile: str, data_root: str | Path | None = None, *, root: str | Path | None = None
+) -> list[EncoderEntry]:
+    """The pretrained encoders notebook 07 evaluates: those of its run set; in the real-data
+    track (``data_root`` given) also the synthetic run's, named ``synthetic:<run>`` (the
+    synthetic-to-real rows, clean by construction: they never saw a real image)."""
+    found = discover_checkpoints(profile, root=root, data_root=data_root)
+    if data_root:
+        found += discover_checkpoints(profile, root=root, name_prefix=SYNTHETIC_PREFIX)
+    return found
 
 
 def reference_encoders(

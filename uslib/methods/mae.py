@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from uslib.config import DataConfig, MethodConfig, OptimConfig
-from uslib.data.sources import pocus_root, pocus_videos
+from uslib.config import CPU_FRAMES_PER_CLIP, DataConfig, MethodConfig, OptimConfig
+from uslib.data.sources import pocus_frame_array
 from uslib.data.synthetic import SyntheticConfig, SyntheticStills
 from uslib.data.transforms import random_resized_crop_box, resize
 from uslib.data.video import item_rng
@@ -70,7 +70,7 @@ class MAEConfig(MethodConfig):
         "cpu": {
             "backbone": "vit_small_patch8_64", "decoder_dim": 64, "decoder_depth": 2,
             "decoder_heads": 2, "tasks": ("lung", "breast", "liver"),
-            "data": {"img_size": 64, "n_per_class": 150},
+            "data": {"img_size": 64, "n_per_class": 150, "frames_per_clip": CPU_FRAMES_PER_CLIP},
             "optim": {"epochs": 10, "batch_size": 64, "warmup_epochs": 1.0},
         },
         "paper": {
@@ -264,13 +264,13 @@ def pretrain_images(cfg: MAEConfig) -> tuple[np.ndarray, tuple[str, ...], str | 
 
     Synthetic (``cfg.data.data_root=None``): train-split stills of every task in ``cfg.tasks``
     (``n_per_class`` per class; labels unused; notebook 07 evaluates on the test split). A POCUS
-    layout at ``data_root``: every extracted frame of its clips, unlabelled.
+    layout at ``data_root``: the extracted frames of its clips (all, or ``data.frames_per_clip``
+    evenly spaced per clip), unlabelled.
     """
-    d, root = cfg.data, pocus_root(cfg.data.data_root)
-    if root is not None:
-        coll = pocus_videos(root, img_size=d.img_size)
-        frames = [coll.video(i)["frames"] for i in range(len(coll))]
-        return np.concatenate(frames).astype(np.uint8), ("real:pocus",), str(root)
+    d = cfg.data
+    if d.data_root is not None:
+        images, root = pocus_frame_array(d.data_root, d.img_size, d.frames_per_clip)
+        return images, ("real:pocus",), str(root)
     syn = SyntheticConfig(img_size=d.img_size)
     images = []
     for task in cfg.tasks:

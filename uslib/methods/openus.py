@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uslib.config import DataConfig, MethodConfig, OptimConfig
+from uslib.config import CPU_FRAMES_PER_CLIP, DataConfig, MethodConfig, OptimConfig
 from uslib.data.transforms import dino_multicrop
 from uslib.losses.dino import dino_cls_loss, ibot_patch_loss, teacher_probs, update_center_
 from uslib.methods import METHODS, MethodSpec
@@ -99,7 +99,7 @@ class OpenUSConfig(MethodConfig):
             "momentum": (0.99, 1.0), "mask_ratio": 0.4,
             "out_dim": 1024, "head_hidden": 256, "head_bottleneck": 64,
             "teacher_temp_warmup_epochs": 3.0,  # 30/151 of the run, as §1.2.3
-            "data": {"img_size": 64, "n_per_class": 60},
+            "data": {"img_size": 64, "n_per_class": 60, "frames_per_clip": CPU_FRAMES_PER_CLIP},
             "optim": {"epochs": 15, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1.0},
         },
         "paper": {

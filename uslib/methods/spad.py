@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from uslib.config import ConfigError, DataConfig, MethodConfig, OptimConfig
+from uslib.config import CPU_FRAMES_PER_CLIP, ConfigError, DataConfig, MethodConfig, OptimConfig
 from uslib.losses.token_prediction import soft_token_cross_entropy, soft_token_kl
 from uslib.methods import METHODS, MethodSpec
 from uslib.methods.base import Method, TrainData
@@ -79,7 +79,8 @@ class SPADConfig(MethodConfig):
             "tokenizer": {"channels": [32, 64, 64], "strides": [4, 2, 2],
                           "codebook_size": 128, "code_dim": 64},
             "volumes": {"depths": [16, 8], "slice_ratios": [1.0, 4.0], "n_volumes": 12},
-            "data": {"task": "breast", "img_size": 64, "n_per_class": 400},
+            "data": {"task": "breast", "img_size": 64, "n_per_class": 400,
+                     "frames_per_clip": CPU_FRAMES_PER_CLIP},
             "optim": {"lr": 5e-4, "epochs": 20, "batch_size": 32, "warmup_epochs": 2.0,
                       "grad_clip": 0.5},
         },

@@ -15,11 +15,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from uslib.config import ConfigBase, ConfigError, DataConfig, MethodConfig, OptimConfig
-from uslib.data.volumes import GridBatchSampler, synthetic_volume_mix
+from uslib.config import (
+    CPU_FRAMES_PER_CLIP,
+    ConfigBase,
+    ConfigError,
+    DataConfig,
+    MethodConfig,
+    OptimConfig,
+)
+from uslib.data.sources import pocus_frame_array
+from uslib.data.volumes import DepthOneImages, GridBatchSampler, VolumeMix, synthetic_volume_mix
+from uslib.labels import UNLABELLED
 from uslib.methods import METHODS, MethodSpec
 from uslib.methods.base import Method, TrainData
 from uslib.models import create_backbone
@@ -60,18 +71,40 @@ class VolumeData(ConfigBase):
     n_volumes: int = 2
 
 
+class FrameStills(Dataset):
+    """Unlabelled ``(N, S, S)`` uint8 frames as schema records (for ``DepthOneImages``)."""
+
+    def __init__(self, frames: np.ndarray, dataset: str) -> None:
+        self.frames, self.dataset = frames, dataset
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        x = torch.from_numpy(self.frames[i].astype(np.float32) / 255.0)[None]
+        return {"image": x, "mask": torch.zeros(x.shape[1:], dtype=torch.int64),
+                "label": UNLABELLED, "dataset": self.dataset, "patient_id": "", "video_id": "",
+                "spacing": 0.0}  # fmt: skip
+
+
 def volume_train_data(cfg: Any, patch: int) -> TrainData:
     """Synthetic 2-D + 3-D mix of ``cfg.data`` / ``cfg.volumes`` with a ``GridBatchSampler``.
 
+    With ``data.data_root`` (a POCUS layout, or a folder holding one): its extracted frames as
+    2-D depth-1 items only (``data.frames_per_clip`` per clip), provenance ``real:pocus``; the
+    shipped real sets hold no volumes, so ``volumes`` is unused there.
+
     Raises:
-        ConfigError: real data requested (not wired yet), or a depth the token grid cannot cut.
+        ConfigError: a depth the token grid cannot cut.
+        FileNotFoundError: ``data_root`` holds no POCUS layout (the path is named).
     """
     d, v = cfg.data, cfg.volumes
     if d.data_root is not None:
-        raise ConfigError(
-            f"data_root={d.data_root!r}: SPAD pretraining reads synthetic data only; wrap local "
-            "files with uslib.data.volumes.LocalVolumes and pass TrainData(data=...)"
-        )
+        frames, root = pocus_frame_array(d.data_root, d.img_size, d.frames_per_clip)
+        mix = VolumeMix([DepthOneImages(FrameStills(frames, "pocus"), d.img_size)])
+        sampler = GridBatchSampler(mix.grid_keys(), cfg.optim.batch_size, seed=cfg.seed)
+        return TrainData(mix, batch_sampler=sampler, provenance=("real:pocus",),
+                         data_root=str(root))  # fmt: skip
     from uslib.ops.anisotropy import aniso_d
 
     for depth, ratio in zip(v.depths, v.slice_ratios, strict=True):
@@ -130,7 +163,8 @@ class SPADTokenizerConfig(MethodConfig):
             "tokenizer": {"channels": [32, 64, 64], "strides": [4, 2, 2],
                           "codebook_size": 128, "code_dim": 64},
             "volumes": {"depths": [16, 8], "slice_ratios": [1.0, 4.0], "n_volumes": 12},
-            "data": {"task": "breast", "img_size": 64, "n_per_class": 150},
+            "data": {"task": "breast", "img_size": 64, "n_per_class": 150,
+                     "frames_per_clip": CPU_FRAMES_PER_CLIP},
             "optim": {"lr": 1e-3, "epochs": 12, "batch_size": 16, "warmup_epochs": 1.0},
         },
         # paper §C.5: 128/256/512, strides 4/2/2, 1024 x 512 soft codebook; AdamW 1e-4, wd 0.05,

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uslib.config import DataConfig, MethodConfig, OptimConfig
+from uslib.config import CPU_FRAMES_PER_CLIP, DataConfig, MethodConfig, OptimConfig
 from uslib.losses.dynamic_distillation import (
     consistency,
     consistency_weights,
@@ -102,7 +102,7 @@ class TinyUSFMConfig(MethodConfig):
         "cpu": {
             "backbone": "vit_tiny_usfm", "teacher_backbone": "vit_large_patch8_64",
             "student_blocks": (4, 8, 12),  # teacher: same depth fractions (3/5/8 of 04's 8)
-            "data": {"img_size": 64, "n_per_class": 200},
+            "data": {"img_size": 64, "n_per_class": 200, "frames_per_clip": CPU_FRAMES_PER_CLIP},
             "optim": {"epochs": 12, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1.0},
             "coreset_budget": 0.3, "coreset_clusters": 12, "coreset_bins": 4,
             "coreset_warmup_epochs": 2,

@@ -7,7 +7,8 @@
   gives a randomly initialised teacher, allowed for every format but ``"usfm"`` (paper);
 * ``pool_dataset(data_cfg)``: the candidate pool: synthetic stills of ``data.task`` (the
   multi-organ ``"organ"`` task stands in for the 3M-US pool), or every image under
-  ``data.data_root``, as ``{"image", "index"}`` items;
+  ``data.data_root`` (its POCUS frames when it holds a POCUS layout), as ``{"image", "index"}``
+  items;
 * ``find_teacher(profile, exclude)``: the largest ViT encoder already pretrained in a profile's
   run folders (e.g. notebook 04's MAE teacher), for notebook 05;
 * ``teacher_config(cfg, **optim)``: the config that pretrains a teacher with the method's own
@@ -30,6 +31,7 @@ from torch.utils.data import Dataset
 from uslib import runs
 from uslib.config import DataConfig
 from uslib.data.coreset import CoresetSelection
+from uslib.data.sources import pocus_frame_array, pocus_root
 from uslib.models import create_backbone
 from uslib.models.checkpoints import KINDS, load_official
 from uslib.paths import repo_relative, resolve_repo_path
@@ -95,10 +97,17 @@ def build_teacher(cfg: Any) -> TeacherInfo | None:
 
 
 class ImagePool(Dataset):
-    """Every image file under a folder, grey, resized to ``img_size``: ``{"image", "index"}``."""
+    """Every image file under a folder (not ``*mask*`` files or ``masks/`` folders), grey, resized
+    to ``img_size``: ``{"image", "index"}``."""
 
     def __init__(self, root: str | Path, img_size: int) -> None:
-        self.files = sorted(f for f in Path(root).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(
+            f
+            for f in Path(root).rglob("*")
+            if f.suffix.lower() in IMAGE_SUFFIXES
+            and "mask" not in f.stem.lower()
+            and "masks" not in f.parent.name.lower()
+        )
         if not self.files:
             raise FileNotFoundError(f"data_root {root}: no image files ({IMAGE_SUFFIXES})")
         self.img_size = img_size
@@ -113,6 +122,20 @@ class ImagePool(Dataset):
         x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
         x = torch.nn.functional.interpolate(x, size=(self.img_size,) * 2, mode="bilinear")
         return {"image": x[0], "index": i}
+
+
+class ArrayPool(Dataset):
+    """Unlabelled ``(N, S, S)`` uint8 frames (``sources.pocus_frame_array``) as items."""
+
+    def __init__(self, frames: np.ndarray) -> None:
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        x = torch.from_numpy(self.frames[i].astype(np.float32) / 255.0)
+        return {"image": x[None], "index": i}
 
 
 class SyntheticPool(Dataset):
@@ -137,10 +160,22 @@ class SyntheticPool(Dataset):
 
 
 def pool_dataset(d: DataConfig) -> tuple[Dataset, tuple[str, ...], str | None]:
-    """``(pool, provenance, data_root)`` of a data config (see the module docstring)."""
+    """``(pool, provenance, data_root)`` of a data config (see the module docstring).
+
+    A root holding a POCUS layout (``sources.pocus_root``: itself or ``pocus_lung/`` below it)
+    gives its extracted frames (``data.frames_per_clip`` per clip), provenance ``real:pocus``,
+    so that other sets beside it (HC18 in ``shared/data``) stay unseen; any other folder gives
+    every image file under it (mask files excluded), provenance ``real:<folder name>``.
+    """
     if d.data_root is None:
         return SyntheticPool(d), (f"synthetic:{d.task}",), None
-    return ImagePool(d.data_root, d.img_size), (f"real:{Path(d.data_root).name}",), str(d.data_root)
+    try:
+        layout = pocus_root(d.data_root)
+    except FileNotFoundError:  # no POCUS layout: a plain folder of images
+        pool = ImagePool(d.data_root, d.img_size)
+        return pool, (f"real:{Path(d.data_root).name}",), str(d.data_root)
+    frames, root = pocus_frame_array(layout, d.img_size, d.frames_per_clip)  # type: ignore[arg-type]
+    return ArrayPool(frames), ("real:pocus",), str(root)
 
 
 class Subset(Dataset):
@@ -159,14 +194,18 @@ class Subset(Dataset):
         return self.pool[int(self.indices[i])]
 
 
-def find_teacher(profile: str, exclude: str = "05_") -> Path | None:
-    """The ``encoder.yaml`` of the largest ViT encoder in a profile's run folders, or ``None``.
+def find_teacher(
+    profile: str, exclude: str = "05_", data_root: str | Path | None = None
+) -> Path | None:
+    """The ``encoder.yaml`` of the largest ViT encoder in a run set's folders, or ``None``.
 
     Only ViT-contract backbones (names starting ``vit`` or ``usfm``) qualify; runs whose folder
     name starts with ``exclude`` (this notebook's own) are skipped. "Largest" = most parameters.
+    ``data_root`` picks the real-data run set (``papermill_runs/<profile>_real``), so a real run
+    distils from a teacher pretrained on the same real data.
     """
     best: tuple[int, Path] | None = None
-    for spec_path in runs.find_encoders(profile):
+    for spec_path in runs.find_encoders(profile, data_root=data_root):
         if spec_path.parent.parent.name.startswith(exclude):
             continue
         spec = runs.read_encoder_spec(spec_path)
