@@ -120,7 +120,7 @@ def test_repository_readme_pocus_table_agrees_with_the_runs() -> None:
 
 
 def test_pocus_block_reads_the_tables_and_the_command(tmp_path: Path) -> None:
-    run = tmp_path / "papermill_runs" / "cpu_pocus" / "02_uscl_sample_pairs"
+    run = tmp_path / "papermill_runs" / "cpu_real" / "02_uscl_sample_pairs"
     (run / "tables").mkdir(parents=True)
     pd.DataFrame({"init": ["random init", "random init", "USCL (ours)", "USCL (ours)"],
                   "select": ["test", "val"] * 2, "folds": 5, "mean": [70.04, 65.0, 80.0, 75.55],

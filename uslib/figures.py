@@ -210,7 +210,7 @@ def rewrite_figures(readme: Path, out_dir: Path, runs: Path) -> bool:
 
 POCUS_START, POCUS_END = "<!-- pocus:start -->", "<!-- pocus:end -->"
 """README markers of the USCL POCUS-protocol table (notebook 02's ``protocol_summary.csv``)."""
-POCUS_RUNS = ("cpu", "cpu_pocus")
+POCUS_RUNS = ("cpu", "cpu_real")
 """Profiles folders whose ``02_uscl_sample_pairs`` run the POCUS table shows, in order."""
 POCUS_PAPER = (
     ("USCL, paper (224 px, US-4 pretraining, 300 epochs)", "uscl_pocus_acc_readme", "README"),

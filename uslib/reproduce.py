@@ -44,7 +44,7 @@ HEARTBEAT_S = 30.0
 
 REAL_TRACK_PARAMS: dict[str, dict[str, Any]] = {
     # USCL's in-notebook POCUS protocol fine-tunes random init and USCL on each test fold: on the
-    # 2,110 real frames 5 folds took 22.5 min at cpu (papermill_runs/cpu_pocus, 1 fold ~4.5); the
+    # 2,110 real frames 5 folds took 22.5 min at cpu (the former cpu_pocus run, 1 fold ~4.5); the
     # real track runs 1 fold there, and notebook 07 scores every encoder on all 5 folds.
     "02_uscl_sample_pairs": {"protocol_folds": 1},
 }
