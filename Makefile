@@ -49,7 +49,7 @@ reproduce-real: install
 
 # Dry run of a data folder before any training: counts, rejected files, duplicates and leakage.
 check-data: install
-	$(PY) -m uslib.data.check $(or $(DATA_ROOT),$(REAL_DATA))
+	$(PY) -m uslib.data.check $(or $(DATA_ROOT),$(REAL_DATA)) $(if $(LAYOUT),--layout $(LAYOUT))
 
 smoke:
 	$(MAKE) --no-print-directory reproduce PROFILE=smoke
