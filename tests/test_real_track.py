@@ -115,3 +115,47 @@ def test_every_notebook_takes_data_root(nb) -> None:
     cells = json.loads(nb.read_text())["cells"]
     cell = next(c for c in cells if "parameters" in c["metadata"].get("tags", []))
     assert "\ndata_root:" in "\n" + "".join(cell["source"]), nb.name
+
+
+def _lever_frame(ours: tuple[float, float, float], rnd: tuple[float, float, float]) -> pd.DataFrame:
+    row = {"task": "pocus", "protocol": "linear probe", "metric": "accuracy", "label_fraction": 1.0,
+           "backbone": "resnet18(in_chans=1)", "n_test": 2110}  # fmt: skip
+    return pd.DataFrame([
+        {**row, "encoder": "02_uscl_sample_pairs", "source": "pretrained",
+         "value": ours[0], "ci_low": ours[1], "ci_high": ours[2]},
+        {**row, "encoder": "random:resnet18", "source": "random",
+         "value": rnd[0], "ci_low": rnd[1], "ci_high": rnd[2]},
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "ours, rnd, mark",
+    [((0.9, 0.85, 0.95), (0.7, 0.6, 0.8), "▲"), ((0.5, 0.4, 0.59), (0.7, 0.6, 0.8), "▼"),
+     ((0.8, 0.7, 0.9), (0.7, 0.6, 0.8), "≈"), ((0.8, 0.8, 0.9), (0.7, 0.6, 0.8), "≈")],
+)  # fmt: skip
+def test_levers_rows_pair_each_encoder_with_its_random_twin(ours, rnd, mark) -> None:
+    """The levers table compares against the random init of the same backbone and calls a
+    separation only when the CIs do not touch (a shared end point is an overlap)."""
+    from benchmarks.real_levers import _rows, markdown
+
+    (row,) = _rows(_lever_frame(ours, rnd), "eval_all", "evaluation set", "all frames", 1.0)
+    assert row["random"] == "random:resnet18" and row["pocus_probe_sep"] == mark
+    assert row["pocus_probe"] == list(ours) and row["pocus_probe_random"] == list(rnd)
+    assert "hc18_dice" not in row  # no HC18 rows in the frame: no cell invented
+    head = {"date": "d", "machine": "m", "threads": 2, "commit": "c", "minutes": 1.0}
+    text = markdown([row], head)
+    assert f"{100 * ours[0]:.1f} [{100 * ours[1]:.1f}, {100 * ours[2]:.1f}] {mark}" in text
+
+
+def test_readme_levers_block_is_the_committed_table(tmp_path) -> None:
+    """The README's levers block is benchmarks/results/real_levers.md, verbatim."""
+    from uslib.figures import LEVERS_END, LEVERS_START, rewrite_levers
+
+    table = repo_root() / "benchmarks" / "results" / "real_levers.md"
+    readme = (repo_root() / "README.md").read_text()
+    block = readme.split(LEVERS_START, 1)[1].split(LEVERS_END, 1)[0]
+    assert block.strip() == table.read_text().strip()
+    copy = tmp_path / "README.md"
+    copy.write_text(f"a\n{LEVERS_START}\nold\n{LEVERS_END}\nb\n")
+    assert rewrite_levers(copy, table) and "old" not in copy.read_text()
+    assert not rewrite_levers(copy, tmp_path / "missing.md")

@@ -368,6 +368,18 @@ def rewrite_real(readme: Path, runs: Path) -> bool:
     return _rewrite_block(readme, (REAL_START, REAL_END), need, lambda: real_block(runs))
 
 
+LEVERS_START, LEVERS_END = "<!-- levers:start -->", "<!-- levers:end -->"
+"""README markers of the real-data levers table (``benchmarks/results/real_levers.md``, written
+by ``python -m benchmarks.real_levers``)."""
+
+
+def rewrite_levers(readme: Path, table: Path) -> bool:
+    """Copy the levers table ``table`` (the script's own Markdown) between the README's levers
+    markers; False without markers or without the table."""
+    return _rewrite_block(readme, (LEVERS_START, LEVERS_END), [table],
+                          lambda: table.read_text().strip())  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[Path, Path], list[Path]]] = {EVAL_RUN: render_evaluation}
 """Run-folder name -> ``renderer(run_dir, out_dir) -> written paths``; other notebooks may add
 theirs (the default is ``render_history``)."""
@@ -433,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("README TinyUSFM arms table rewritten")
         if rewrite_real(root / "README.md", runs.with_name(f"{args.profile}{REAL_SUFFIX}")):
             print("README real-data table rewritten")
+        if rewrite_levers(root / "README.md", root / "benchmarks" / "results" / "real_levers.md"):
+            print("README real-data levers table rewritten")
     return 0
 
 
