@@ -14,7 +14,7 @@ Arms (the levers the issue names; each changes one thing from the committed real
 
 * ``eval_cap400`` / ``eval_all``: the committed real-track encoders (``--runs``: a repository
   root holding ``papermill_runs/cpu_real`` and ``papermill_runs/cpu`` with their checkpoints,
-  which are not committed) on 07's former 400-item POCUS cap (533 frames of 12 patients) vs
+  which are not committed) on 07's 400-item POCUS cap (533 frames of 12 patients) vs
   all 2,110 frames (73 patients);
 * ``uscl_len20``: USCL's cpu preset pretrained 20 epochs instead of 60 (pretraining length);
 * ``uscl_mix``: USCL on the POCUS clips plus 100 synthetic lung videos, 30 epochs (synthetic +
@@ -191,7 +191,7 @@ def run_arm(arm: str, runs_root: Path, data_root: str, work: Path) -> list[dict]
         cap = 400 if arm == "eval_cap400" else 0
         t0 = time.time()
         df = _evaluate(found, eval_config(max_items=cap), data_root, ("pocus",), cache)
-        setting = ("07's former 400-item cap (533 frames, 12 patients)" if cap
+        setting = ("07's 400-item cap (533 frames, 12 patients)" if cap
                    else "all 2,110 frames (73 patients)")  # fmt: skip
         return _rows(df, arm, "evaluation set", setting, time.time() - t0)
     if arm == "ft_lr":
