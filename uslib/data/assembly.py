@@ -174,11 +174,15 @@ def real_items(
     loaders = {"pocus": lambda p: pocus_items(p, "frames"), "hc18": hc18_items}
     out: list[dict[str, Any]] = []
     for name, path in sets.items():
-        out += _cap_by_group(loaders[name](path), limit, seed)
+        out += cap_by_group(loaders[name](path), limit, seed)
     return out
 
 
-def _cap_by_group(items: Sequence[dict[str, Any]], limit: int | None, seed: int) -> list[dict]:
+def cap_by_group(items: Sequence[dict[str, Any]], limit: int | None, seed: int) -> list[dict]:
+    """``items`` cut to at most ``limit`` by whole patient (or video) groups, drawn in a
+    ``seed``-fixed random order, a group that would overflow skipped (the first drawn is always
+    kept); all items when ``limit`` is None or not exceeded. Used by the assembly and by the
+    ``uslib.data.check`` dry run."""
     if limit is None or len(items) <= limit:
         return list(items)
     sizes = Counter(it["patient_id"] or it["video_id"] for it in items)

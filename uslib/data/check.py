@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from uslib.data.assembly import REAL_LAYOUTS, _cap_by_group, find_real_sets, real_items
+from uslib.data.assembly import REAL_LAYOUTS, cap_by_group, find_real_sets, real_items
 from uslib.data.dedup import DEFAULT_MAX_DISTANCE, duplicate_summary, near_duplicates
 from uslib.data.items import LAYOUTS, class_folder_items, media_file_items, paired_items
 from uslib.data.manifest import build_manifest
@@ -174,7 +174,7 @@ def _list_sets(
         return {k: (REAL_LAYOUTS[k], p) for k, p in find_real_sets(root).items()}, items
     if layout not in GENERIC_LAYOUTS:
         raise ValueError(f"layout {layout!r}; valid: auto, {', '.join(GENERIC_LAYOUTS)}")
-    items = _cap_by_group(GENERIC_LAYOUTS[layout](root), max_items, seed=0)
+    items = cap_by_group(GENERIC_LAYOUTS[layout](root), max_items, seed=0)
     return {items[0]["dataset"]: (_DESCRIBE[layout], root)}, items
 
 
