@@ -44,9 +44,8 @@ from typing import Any
 import pandas as pd
 
 from uslib import pretraining, runs
-from uslib.data.sources import pocus_videos
 from uslib.data.synthetic import SyntheticVideos
-from uslib.data.video import SamplePairDataset, VideoSubset, split_videos
+from uslib.data.video import SamplePairDataset
 from uslib.evaluation import protocols
 from uslib.evaluation.benchmark import BenchmarkConfig, build_tasks, run_benchmark
 from uslib.evaluation.discovery import SYNTHETIC_PREFIX, discover_checkpoints, reference_encoders
@@ -84,13 +83,11 @@ class ConcatVideos:
 def _mix_data(cfg: uscl.USCLConfig, n_synthetic: int) -> TrainData:
     """USCL's real training videos plus ``n_synthetic`` synthetic lung videos; real val only."""
     d = cfg.data
-    real = uscl.train_data(cfg)
-    coll = pocus_videos(real.data_root, img_size=d.img_size)
-    tr, _ = split_videos(len(coll), d.val_fraction, seed=d.seed)
+    real = uscl.train_data(cfg)  # its training videos: the POCUS clips, 20 % held out
     syn = SyntheticVideos("lung", "train", n_synthetic, d.frames_per_video, d, d.seed)
     kw: dict[str, Any] = dict(img_size=d.img_size, pair_mode=cfg.pair_mode, beta=cfg.mix_beta,
                               max_dist=cfg.max_dist, label_fraction=0.0)  # fmt: skip
-    train = SamplePairDataset(ConcatVideos(VideoSubset(coll, tr), syn), seed=cfg.seed, **kw)
+    train = SamplePairDataset(ConcatVideos(real.train.videos, syn), seed=cfg.seed, **kw)
     return TrainData(train, real.val, provenance=("real:pocus", "synthetic:lung"),
                      data_root=real.data_root)  # fmt: skip
 
