@@ -44,7 +44,8 @@ HEARTBEAT_S = 30.0
 
 REAL_TRACK_PARAMS: dict[str, dict[str, Any]] = {
     # USCL's in-notebook POCUS protocol fine-tunes random init and USCL on each test fold: on the
-    # 2,110 real frames 5 folds took 22.5 min at cpu (the former cpu_pocus run, 1 fold ~4.5); the
+    # 2,110 real frames 1 fold took 19.8 min with one run per selection rule and 20 epochs
+    # (cpu_real at 3579e84; the cpu preset now shares one 10-epoch run between the rules). The
     # real track runs 1 fold there, and notebook 07 scores every encoder on all 5 folds.
     "02_uscl_sample_pairs": {"protocol_folds": 1},
 }
