@@ -45,7 +45,6 @@ import pandas as pd
 
 from uslib import pretraining, runs
 from uslib.data.synthetic import SyntheticVideos
-from uslib.data.video import SamplePairDataset
 from uslib.evaluation import protocols
 from uslib.evaluation.benchmark import BenchmarkConfig, build_tasks, run_benchmark
 from uslib.evaluation.discovery import SYNTHETIC_PREFIX, discover_checkpoints, reference_encoders
@@ -67,29 +66,11 @@ def eval_config(img_size: int = 64, max_items: int = 0) -> BenchmarkConfig:
     )  # fmt: skip
 
 
-class ConcatVideos:
-    """Two video collections as one (``__len__`` + ``video(i)``)."""
-
-    def __init__(self, a: Any, b: Any) -> None:
-        self.a, self.b = a, b
-
-    def __len__(self) -> int:
-        return len(self.a) + len(self.b)
-
-    def video(self, i: int) -> dict[str, Any]:
-        return self.a.video(i) if i < len(self.a) else self.b.video(i - len(self.a))
-
-
 def _mix_data(cfg: uscl.USCLConfig, n_synthetic: int) -> TrainData:
     """USCL's real training videos plus ``n_synthetic`` synthetic lung videos; real val only."""
     d = cfg.data
-    real = uscl.train_data(cfg)  # its training videos: the POCUS clips, 20 % held out
     syn = SyntheticVideos("lung", "train", n_synthetic, d.frames_per_video, d, d.seed)
-    kw: dict[str, Any] = dict(img_size=d.img_size, pair_mode=cfg.pair_mode, beta=cfg.mix_beta,
-                              max_dist=cfg.max_dist, label_fraction=0.0)  # fmt: skip
-    train = SamplePairDataset(ConcatVideos(real.train.videos, syn), seed=cfg.seed, **kw)
-    return TrainData(train, real.val, provenance=("real:pocus", "synthetic:lung"),
-                     data_root=real.data_root)  # fmt: skip
+    return uscl.train_data(cfg, extra_videos={"synthetic:lung": syn})
 
 
 def _pretrain(method: str, cfg: Any, root: Path, data_root: str, data: Any = None) -> float:

@@ -20,6 +20,7 @@ POCUS_PRETRAINED = ("02_", "03_", "04_", "05_", "06_")  # every method's run in 
 def test_run_set_keeps_real_runs_apart(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("USLIB_ROOT", str(tmp_path))
     assert run_set("cpu") == "cpu" and run_set("cpu", "/data") == "cpu_real"
+    assert run_set("cpu", real=True) == "cpu_real"
     assert runs_root("smoke", "/data") == tmp_path / "papermill_runs" / "smoke_real"
     run = runs.start("03_x", None, profile="smoke", data_root="/data", verbose=False)
     assert run.dir == tmp_path / "papermill_runs" / "smoke_real" / "03_x"

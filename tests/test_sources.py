@@ -27,7 +27,9 @@ from uslib.data.media import (
 )
 from uslib.data.sources import (
     POCUS_CLASSES,
+    UNLABELLED,
     ClipCollection,
+    FrameArray,
     RecordDataset,
     class_folder_items,
     hc18_items,
@@ -376,3 +378,18 @@ def test_hc18_masks_align_and_give_published_hc():
         hc = fit_ellipse_perimeter(rec["mask"].numpy()) * rec["spacing"]
         errors.append(abs(hc - it["meta"]["hc_mm"]))
     assert max(errors) < 2.0, max(errors)
+
+
+def test_frame_array_records_and_bad_input() -> None:
+    """The one dataset of unlabelled POCUS frames (TinyUSFM's pool, SPAD-ViT's depth-1 stills):
+    uint8 -> [0, 1] float, schema fields, the index; a wrong array is named."""
+    frames = np.stack([np.full((6, 6), v, np.uint8) for v in (0, 51, 255)])
+    ds = FrameArray(frames, "pocus")
+    rec = ds[1]
+    assert len(ds) == 3 and rec["index"] == 1 and rec["dataset"] == "pocus"
+    assert rec["image"].shape == (1, 6, 6) and torch.allclose(
+        rec["image"], torch.full((1, 6, 6), 0.2)
+    )
+    assert rec["label"] == UNLABELLED and rec["mask"].shape == (6, 6) and not rec["mask"].any()
+    with pytest.raises(ValueError, match=r"\(3, 6\) float32"):
+        FrameArray(np.zeros((3, 6), np.float32))

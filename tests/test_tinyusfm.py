@@ -131,3 +131,29 @@ def test_teacher_blocks_follow_student_depth_fractions() -> None:
     cfg = tinyusfm.TinyUSFMConfig(teacher_backbone="vit_mae_smoke_large")  # 4 blocks
     method = tinyusfm.build(cfg)
     assert method.teacher_blocks == (2, 4) and method.teacher_idx == [1, 3]
+
+
+def test_image_pool_skips_masks_by_the_layouts_rule(tmp_path: Path) -> None:
+    """A plain folder as TinyUSFM's pool: BUSI ``_mask`` / ``_mask_1`` files and ``masks/``
+    folders are not pool images (``items.is_mask_file``); a name merely holding "mask" is."""
+    import numpy as np
+    from PIL import Image
+
+    from uslib.data.items import is_mask_file
+    from uslib.methods.tinyusfm_data import ImagePool
+
+    names = ["a/x (1).png", "a/x (1)_mask.png", "a/x (1)_Mask_1.png", "masks/001_HC.png",
+             "images/001_HC.png", "b/maskless scan.png"]  # fmt: skip
+    for n in names:
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((10, 12), 128, np.uint8)).save(tmp_path / n)
+    pool = ImagePool(tmp_path, img_size=8)
+    kept = {f.relative_to(tmp_path).as_posix() for f in pool.files}
+    assert kept == {"a/x (1).png", "images/001_HC.png", "b/maskless scan.png"}
+    assert [n for n in names if is_mask_file(tmp_path / n)] == [
+        "a/x (1)_mask.png", "a/x (1)_Mask_1.png", "masks/001_HC.png"]  # fmt: skip
+    item = pool[0]
+    assert item["image"].shape == (1, 8, 8) and item["index"] == 0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        ImagePool(tmp_path / "empty", img_size=8)

@@ -11,6 +11,7 @@ import torch
 
 from uslib.config import ConfigError
 from uslib.data.sources import pocus_root
+from uslib.data.synthetic import SyntheticVideos
 from uslib.data.video import SamplePairDataset
 from uslib.methods import TrainData, get_method
 from uslib.methods.uscl import USCL, USCLConfig, build, train_data
@@ -160,6 +161,23 @@ def test_train_data_synthetic_split() -> None:
     item = train[0]
     assert item["view1"].shape == (1, cfg.data.img_size, cfg.data.img_size)
     assert item["label1"] in (0, 1, 2)
+
+
+def test_train_data_extra_videos_join_training_split_only() -> None:
+    """The synthetic + real mix: extra collections add training videos and their provenance
+    tag; the held-out validation videos are the main collection's alone."""
+    cfg = USCLConfig.preset("smoke", **{"data.n_videos": 5, "data.frames_per_video": 3})
+    d = cfg.data
+    extra = SyntheticVideos("lung", "train", 3, d.frames_per_video, d, d.seed + 7)
+    base, mixed = train_data(cfg), train_data(cfg, extra_videos={"synthetic:extra": extra})
+    assert mixed.provenance == ("synthetic:lung", "synthetic:extra")
+    assert len(mixed.train) == len(base.train) + 3 and len(mixed.val) == len(base.val) == 1
+    videos = mixed.train.videos
+    last = videos.video(len(videos) - 1)["frames"]
+    assert np.array_equal(last, extra.video(2)["frames"])
+    assert np.array_equal(videos.video(0)["frames"], base.train.videos.video(0)["frames"])
+    with pytest.raises(IndexError, match="out of range"):
+        videos.video(len(videos))
 
 
 def test_pocus_videos_are_unlabelled(shared_data: Path) -> None:

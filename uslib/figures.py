@@ -31,7 +31,7 @@ from uslib.evaluation.report import (
     vs_random_table,
     write_tables,
 )
-from uslib.paths import REAL_SUFFIX
+from uslib.paths import run_set
 from uslib.viz.evaluation import plot_cost_table, plot_label_efficiency, plot_metric_intervals
 from uslib.viz.style import encoder_style, styled
 
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = repo_root()
     else:
         root = Path(args.root)
-    runs = root / "papermill_runs" / args.profile
+    runs = root / "papermill_runs" / run_set(args.profile)
     # smoke numbers are not meaningful: they never replace the published figures or README table
     smoke = args.profile == "smoke"
     out_dir = Path(args.out) if args.out else (runs / "_figures" if smoke else root / "figures")
@@ -443,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("README POCUS table rewritten")
         if rewrite_tinyusfm(root / "README.md", runs):
             print("README TinyUSFM arms table rewritten")
-        if rewrite_real(root / "README.md", runs.with_name(f"{args.profile}{REAL_SUFFIX}")):
+        if rewrite_real(root / "README.md", runs.with_name(run_set(args.profile, real=True))):
             print("README real-data table rewritten")
         if rewrite_levers(root / "README.md", root / "benchmarks" / "results" / "real_levers.md"):
             print("README real-data levers table rewritten")

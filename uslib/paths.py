@@ -28,11 +28,12 @@ REAL_SUFFIX = "_real"
 """Run sets of the real-data track are ``papermill_runs/<profile>_real`` (issue 16)."""
 
 
-def run_set(profile: str, data_root: str | Path | None = None) -> str:
+def run_set(profile: str, data_root: str | Path | None = None, *, real: bool = False) -> str:
     """The folder name under ``papermill_runs/`` of a run: ``<profile>`` on the synthetic default,
-    ``<profile>_real`` when ``data_root`` is given, so that a real-data run never overwrites (or is
-    evaluated as) the synthetic one."""
-    return f"{profile}{REAL_SUFFIX}" if data_root else profile
+    ``<profile>_real`` when ``data_root`` is given (or ``real`` asks for the real-data track's
+    set without naming a root), so that a real-data run never overwrites (or is evaluated as)
+    the synthetic one."""
+    return f"{profile}{REAL_SUFFIX}" if data_root or real else profile
 
 
 def runs_root(profile: str, data_root: str | Path | None = None) -> Path:

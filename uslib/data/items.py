@@ -33,6 +33,15 @@ from uslib.data.validation import LayoutError, list_files, logger, notify
 
 _MASK_RE = re.compile(r"^(?P<stem>.+?)_mask(?:_\d+)?$", re.IGNORECASE)
 
+
+def is_mask_file(path: str | Path) -> bool:
+    """Whether an image file is a mask, by the one rule every layout uses: its stem is
+    ``<stem>_mask`` or ``<stem>_mask_<n>`` (BUSI, any case), or it lies in a ``masks/`` folder
+    (the ``images/`` + ``masks/`` layout, HC18)."""
+    p = Path(path)
+    return bool(_MASK_RE.match(p.stem)) or p.parent.name.lower() == "masks"
+
+
 LAYOUTS: dict[str, str] = {
     "class folders": "<root>/<class>/**/*.png (class_folder_items)",
     "image + mask pairs": "<root>/images/ + <root>/masks/, or BUSI-style <root>/<class>/<name>.png "

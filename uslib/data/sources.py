@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import Dataset
 
 from uslib.data.items import class_folder_items, make_item, media_file_items, paired_items
 from uslib.data.media import (
@@ -43,6 +45,7 @@ __all__ = [
     "UNLABELLED",
     "VIDEO_EXTS",
     "ClipCollection",
+    "FrameArray",
     "MediaError",
     "RecordDataset",
     "class_folder_items",
@@ -305,6 +308,34 @@ def pocus_frame_array(
     coll = pocus_videos(root, img_size=img_size, max_frames=max_frames_per_clip)
     frames = [coll.video(i)["frames"] for i in range(len(coll))]
     return np.concatenate(frames).astype(np.uint8), root
+
+
+class FrameArray(Dataset):
+    """Unlabelled ``(N, S, S)`` uint8 frames (:func:`pocus_frame_array`) as schema records.
+
+    Item ``i``: ``image`` (1, S, S) float in [0, 1], an all-background ``mask``, ``label``
+    ``UNLABELLED``, ``dataset``, empty ``patient_id`` / ``video_id``, ``spacing`` 0 (unknown)
+    and ``index`` ``i`` (the pretraining pools of TinyUSFM and SPAD-ViT both read these).
+
+    Raises:
+        ValueError: ``frames`` is not an ``(N, S, S)`` uint8 array (its shape and dtype named).
+    """
+
+    def __init__(self, frames: np.ndarray, dataset: str = "pocus") -> None:
+        if frames.ndim != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"FrameArray needs (N, S, S) uint8 frames, got {frames.shape} {frames.dtype}"
+            )
+        self.frames, self.dataset = frames, dataset
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        x = torch.from_numpy(self.frames[i].astype(np.float32) / 255.0)[None]
+        return {"image": x, "mask": torch.zeros(x.shape[1:], dtype=torch.int64),
+                "label": UNLABELLED, "dataset": self.dataset, "patient_id": "", "video_id": "",
+                "spacing": 0.0, "index": i}  # fmt: skip
 
 
 def pocus_root(data_root: str | Path | None) -> Path | None:

@@ -54,6 +54,26 @@ class VideoSubset:
         return self.coll.video(self.indices[i])
 
 
+class ConcatVideos:
+    """Several video collections as one, in order (``__len__`` + ``video(i)``)."""
+
+    def __init__(self, *colls: VideoCollection) -> None:
+        self.colls = colls
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.colls)
+
+    def video(self, i: int) -> dict[str, Any]:
+        """Video ``i`` of the concatenation."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"video index {i} out of range for {len(self)} videos")
+        for c in self.colls:
+            if i < len(c):
+                return c.video(i)
+            i -= len(c)
+        raise AssertionError("unreachable")
+
+
 def split_videos(
     n_videos: int, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[int], list[int]]:

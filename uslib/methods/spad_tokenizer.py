@@ -15,10 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from uslib.config import (
     CPU_FRAMES_PER_CLIP,
@@ -28,9 +26,8 @@ from uslib.config import (
     MethodConfig,
     OptimConfig,
 )
-from uslib.data.sources import pocus_frame_array
+from uslib.data.sources import FrameArray, pocus_frame_array
 from uslib.data.volumes import DepthOneImages, GridBatchSampler, VolumeMix, synthetic_volume_mix
-from uslib.labels import UNLABELLED
 from uslib.methods import METHODS, MethodSpec
 from uslib.methods.base import Method, TrainData
 from uslib.models import create_backbone
@@ -71,22 +68,6 @@ class VolumeData(ConfigBase):
     n_volumes: int = 2
 
 
-class FrameStills(Dataset):
-    """Unlabelled ``(N, S, S)`` uint8 frames as schema records (for ``DepthOneImages``)."""
-
-    def __init__(self, frames: np.ndarray, dataset: str) -> None:
-        self.frames, self.dataset = frames, dataset
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        x = torch.from_numpy(self.frames[i].astype(np.float32) / 255.0)[None]
-        return {"image": x, "mask": torch.zeros(x.shape[1:], dtype=torch.int64),
-                "label": UNLABELLED, "dataset": self.dataset, "patient_id": "", "video_id": "",
-                "spacing": 0.0}  # fmt: skip
-
-
 def volume_train_data(cfg: Any, patch: int) -> TrainData:
     """Synthetic 2-D + 3-D mix of ``cfg.data`` / ``cfg.volumes`` with a ``GridBatchSampler``.
 
@@ -101,7 +82,7 @@ def volume_train_data(cfg: Any, patch: int) -> TrainData:
     d, v = cfg.data, cfg.volumes
     if d.data_root is not None:
         frames, root = pocus_frame_array(d.data_root, d.img_size, d.frames_per_clip)
-        mix = VolumeMix([DepthOneImages(FrameStills(frames, "pocus"), d.img_size)])
+        mix = VolumeMix([DepthOneImages(FrameArray(frames, "pocus"), d.img_size)])
         sampler = GridBatchSampler(mix.grid_keys(), cfg.optim.batch_size, seed=cfg.seed)
         return TrainData(mix, batch_sampler=sampler, provenance=("real:pocus",),
                          data_root=str(root))  # fmt: skip

@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 from uslib import runs
 from uslib.config import DataConfig
 from uslib.data.coreset import CoresetSelection
-from uslib.data.sources import pocus_frame_array, pocus_root
+from uslib.data.items import is_mask_file
+from uslib.data.sources import FrameArray, pocus_frame_array, pocus_root
 from uslib.models import create_backbone
 from uslib.models.checkpoints import KINDS, load_official
 from uslib.paths import repo_relative, resolve_repo_path
@@ -97,16 +98,15 @@ def build_teacher(cfg: Any) -> TeacherInfo | None:
 
 
 class ImagePool(Dataset):
-    """Every image file under a folder (not ``*mask*`` files or ``masks/`` folders), grey, resized
-    to ``img_size``: ``{"image", "index"}``."""
+    """Every image file under a folder except masks (``items.is_mask_file``: ``<stem>_mask*``
+    files and ``masks/`` folders, the rule of the paired layouts), grey, resized to
+    ``img_size``: ``{"image", "index"}``."""
 
     def __init__(self, root: str | Path, img_size: int) -> None:
         self.files = sorted(
             f
             for f in Path(root).rglob("*")
-            if f.suffix.lower() in IMAGE_SUFFIXES
-            and "mask" not in f.stem.lower()
-            and "masks" not in f.parent.name.lower()
+            if f.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(f)
         )
         if not self.files:
             raise FileNotFoundError(f"data_root {root}: no image files ({IMAGE_SUFFIXES})")
@@ -122,20 +122,6 @@ class ImagePool(Dataset):
         x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
         x = torch.nn.functional.interpolate(x, size=(self.img_size,) * 2, mode="bilinear")
         return {"image": x[0], "index": i}
-
-
-class ArrayPool(Dataset):
-    """Unlabelled ``(N, S, S)`` uint8 frames (``sources.pocus_frame_array``) as items."""
-
-    def __init__(self, frames: np.ndarray) -> None:
-        self.frames = frames
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        x = torch.from_numpy(self.frames[i].astype(np.float32) / 255.0)
-        return {"image": x[None], "index": i}
 
 
 class SyntheticPool(Dataset):
@@ -175,7 +161,7 @@ def pool_dataset(d: DataConfig) -> tuple[Dataset, tuple[str, ...], str | None]:
         pool = ImagePool(d.data_root, d.img_size)
         return pool, (f"real:{Path(d.data_root).name}",), str(d.data_root)
     frames, root = pocus_frame_array(layout, d.img_size, d.frames_per_clip)  # type: ignore[arg-type]
-    return ArrayPool(frames), ("real:pocus",), str(root)
+    return FrameArray(frames, "pocus"), ("real:pocus",), str(root)
 
 
 class Subset(Dataset):

@@ -10,6 +10,7 @@ encoder is then judged by partial fine-tuning on POCUS (5 patient-grouped folds,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ from uslib.config import DataConfig, EvalConfig, MethodConfig, OptimConfig
 from uslib.data.sources import pocus_root, pocus_videos
 from uslib.data.synthetic import SyntheticVideos
 from uslib.data.transforms import USCL_MEAN, USCL_STD
-from uslib.data.video import SamplePairDataset, VideoSubset, split_videos
+from uslib.data.video import ConcatVideos, SamplePairDataset, VideoSubset, split_videos
 from uslib.losses import masked_cross_entropy, nt_xent
 from uslib.methods import METHODS, MethodSpec
 from uslib.methods.base import Method, TrainData
@@ -187,7 +188,9 @@ def build(cfg: USCLConfig) -> USCL:
     return USCL(cfg)
 
 
-def train_data(cfg: USCLConfig, method: USCL | None = None) -> TrainData:
+def train_data(
+    cfg: USCLConfig, method: USCL | None = None, *, extra_videos: Mapping[str, Any] | None = None
+) -> TrainData:
     """SPG datasets of the pretraining videos and of the 20 % held-out videos (§B.7).
 
     Videos: synthetic lung videos (``cfg.data.data_root=None``), or the POCUS clips of a POCUS
@@ -195,9 +198,15 @@ def train_data(cfg: USCLConfig, method: USCL | None = None) -> TrainData:
     patients, so their labels must not reach pretraining (USCL pretrains on US-4, §B.2, which
     is not public).
 
+    Args:
+        extra_videos: more collections to pretrain on, keyed by their provenance tag (e.g.
+            ``{"synthetic:lung": SyntheticVideos(...)}``, the synthetic + real mix of
+            ``benchmarks/real_levers.py``). They join the training split only; the held-out
+            validation videos stay those of the main collection.
+
     Returns:
         ``TrainData`` with ``val=None`` when ``cfg.data.val_fraction == 0`` and provenance
-        ``("synthetic:<task>",)`` or ``("real:pocus",)``.
+        ``("synthetic:<task>",)`` or ``("real:pocus",)``, followed by the extra tags.
 
     Raises:
         FileNotFoundError: ``data_root`` is set but holds no POCUS layout.
@@ -212,12 +221,17 @@ def train_data(cfg: USCLConfig, method: USCL | None = None) -> TrainData:
         img_size=d.img_size, pair_mode=cfg.pair_mode, beta=cfg.mix_beta, max_dist=cfg.max_dist,
         label_fraction=cfg.label_fraction if root is None else 0.0,
     )  # fmt: skip
-    train = SamplePairDataset(VideoSubset(coll, tr), seed=cfg.seed, **kw)
+    extra = dict(extra_videos or {})
+    train_videos: Any = VideoSubset(coll, tr)
+    if extra:
+        train_videos = ConcatVideos(train_videos, *extra.values())
+    train = SamplePairDataset(train_videos, seed=cfg.seed, **kw)
     val = SamplePairDataset(VideoSubset(coll, va), seed=cfg.seed + 1, **kw) if va else None
     provenance = (f"synthetic:{d.task}",) if root is None else ("real:pocus",)
     return TrainData(
-        train, val, provenance=provenance, data_root=None if root is None else str(root)
-    )
+        train, val, provenance=provenance + tuple(extra),
+        data_root=None if root is None else str(root),
+    )  # fmt: skip
 
 
 METHODS.register("uscl")(
