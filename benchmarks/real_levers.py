@@ -14,11 +14,12 @@ Arms (the levers the issue names; each changes one thing from the committed real
 
 * ``eval_cap400`` / ``eval_all``: the committed real-track encoders (``--runs``: a repository
   root holding ``papermill_runs/cpu_real`` and ``papermill_runs/cpu`` with their checkpoints,
-  which are not committed) on 07's 400-item POCUS cap (533 frames of 12 patients) vs
-  all 2,110 frames (73 patients);
-* ``uscl_len20``: USCL's cpu preset pretrained 20 epochs instead of 60 (pretraining length);
+  which are not committed) on a 400-item POCUS cap (533 frames of 12 patients; 07's setting
+  until e0a4339) vs all 2,110 frames (73 patients; 07's setting since);
+* ``uscl_len20``: USCL's cpu preset pretrained 20 epochs (pretraining length; the preset had 60
+  epochs when the committed table was measured, 30 since e0a4339);
 * ``uscl_mix``: USCL on the POCUS clips plus 100 synthetic lung videos, 30 epochs (synthetic +
-  real mix, about the committed run's number of steps);
+  real mix);
 * ``uscl_128``: USCL at 128 px (20 epochs), evaluated at 128 px against random init at 128 px;
 * ``openus_allframes``: OpenUS's cpu preset on every POCUS frame instead of 8 per clip;
 * ``ft_lr``: partial fine-tuning (07's protocol, all frames, 2 folds, 8 epochs) of the committed
@@ -44,6 +45,7 @@ from typing import Any
 import pandas as pd
 
 from uslib import pretraining, runs
+from uslib.config import CPU_FRAMES_PER_CLIP
 from uslib.data.synthetic import SyntheticVideos
 from uslib.evaluation import protocols
 from uslib.evaluation.benchmark import BenchmarkConfig, build_tasks, run_benchmark
@@ -169,7 +171,7 @@ def run_arm(arm: str, runs_root: Path, data_root: str, work: Path) -> list[dict]
         cap = 400 if arm == "eval_cap400" else 0
         t0 = time.time()
         df = _evaluate(found, eval_config(max_items=cap), data_root, ("pocus",), cache)
-        setting = ("07's 400-item cap (533 frames, 12 patients)" if cap
+        setting = ("a 400-item cap (533 frames, 12 patients; 07's former setting)" if cap
                    else "all 2,110 frames (73 patients)")  # fmt: skip
         return _rows(df, arm, "evaluation set", setting, time.time() - t0)
     if arm == "ft_lr":
@@ -182,7 +184,8 @@ def run_arm(arm: str, runs_root: Path, data_root: str, work: Path) -> list[dict]
         cfg = uscl.USCLConfig.preset("cpu", **over)
         data = _mix_data(cfg, 100) if arm == "uscl_mix" else None
         secs = _pretrain("uscl", cfg, root, data_root, data)
-        setting = {"uscl_len20": "USCL 20 epochs (60 committed)",
+        preset_epochs = uscl.USCLConfig.preset("cpu").optim.epochs
+        setting = {"uscl_len20": f"USCL 20 epochs ({preset_epochs} in the cpu preset)",
                    "uscl_mix": "USCL POCUS + 100 synthetic videos, 30 epochs",
                    "uscl_128": "USCL 128 px, 20 epochs"}[arm]  # fmt: skip
         lever = {"uscl_len20": "pretraining length", "uscl_mix": "synthetic + real mix",
@@ -192,7 +195,8 @@ def run_arm(arm: str, runs_root: Path, data_root: str, work: Path) -> list[dict]
         cfg = openus.OpenUSConfig.preset("cpu", **{"data.data_root": data_root,
                                                    "data.frames_per_clip": 10**6})  # fmt: skip
         secs = _pretrain("openus", cfg, root, data_root)
-        setting, lever, size = "OpenUS on all frames (8 per clip committed)", "frames per clip", 64
+        setting = f"OpenUS on all frames ({CPU_FRAMES_PER_CLIP} per clip in the preset)"
+        lever, size = "frames per clip", 64
     found = discover_checkpoints("cpu", root=root, data_root=data_root)
     t0 = time.time()
     df = _evaluate(found, eval_config(img_size=size), data_root, ("pocus", "hc18"), cache)
