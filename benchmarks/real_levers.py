@@ -62,9 +62,8 @@ SKIP_ALL = ("04_mae_teacher",)  # ViT-L at 2,110 frames: ~10 min of features alo
 def eval_config(img_size: int = 64, max_items: int = 0) -> BenchmarkConfig:
     """07's cpu real-track settings cut to the compared numbers: linear probe, kNN, HC18 Dice."""
     return dataclasses.replace(
-        BenchmarkConfig.preset("cpu").real_only(), finetune_tasks=(), supervised_tasks=(),
-        label_fractions=(1.0,), seg_label_fractions=(1.0,), real_max_items=max_items,
-        img_size=img_size,
+        BenchmarkConfig.preset("cpu").real_only(), label_fractions=(1.0,),
+        seg_label_fractions=(1.0,), real_max_items=max_items, img_size=img_size,
     )  # fmt: skip
 
 
