@@ -27,23 +27,11 @@ from torch import Tensor, nn
 
 from uslib.models import BACKBONES
 from uslib.ops.selective_scan import selective_scan_attention, selective_scan_fn
+from uslib.ops.ss2d_scan import fused_scan_available, scan_orders, ss2d_scan_fused
 
 __all__ = ["VMamba", "SS2D", "VSSBlock", "cross_scan", "cross_merge", "scan_orders"]
 
 K_DIRECTIONS = 4
-
-
-def scan_orders(H: int, W: int, device: torch.device | None = None) -> Tensor:
-    """Token order of each scan direction: ``orders[k, p]`` = row-major index of step p.
-
-    k0 row-major, k1 column-major, k2 reversed k0, k3 reversed k1 (OpenUS notes §1.1).
-
-    Returns:
-        (4, H*W) long tensor; each row is a permutation of range(H*W).
-    """
-    rm = torch.arange(H * W, device=device)
-    cm = rm.view(H, W).t().reshape(-1)
-    return torch.stack([rm, cm, rm.flip(0), cm.flip(0)])
 
 
 def cross_scan(x: Tensor) -> Tensor:
@@ -77,7 +65,10 @@ class SS2D(nn.Module):
         dt_rank: rank R of the dt projection; None -> ceil(d / 16).
         d_conv: depthwise conv kernel (3).
         dt_min, dt_max, dt_floor: initial softplus(dt bias) ~ logU(dt_min, dt_max), floored.
-        scan_impl: ``"auto" | "fast" | "ref"`` (see ``selective_scan_fn``'s ``impl``).
+        scan_impl: ``"auto"`` (CUDA: mamba-ssm's kernel when installed; CPU float32: the fused
+            four-direction kernel :func:`uslib.ops.ss2d_scan.ss2d_scan_fused` when numba imports;
+            else the chunked PyTorch scan), ``"fused"`` (that kernel, raising if it cannot run),
+            ``"fast"`` (the chunked PyTorch scan) or ``"ref"`` (the sequential definition).
 
     Ref: OpenUS notes §1.1 "SS2D forward" steps 1-5.
     """
@@ -139,8 +130,44 @@ class SS2D(nn.Module):
         dts = torch.matmul(self.dt_projs_weight, dts)  # (B, K, d_inner, L)
         return xs.flatten(1, 2), dts.flatten(1, 2), Bs.contiguous(), Cs.contiguous()
 
+    def _use_fused(self, x: Tensor) -> bool:
+        if self.scan_impl == "fused":
+            if not fused_scan_available() or x.device.type != "cpu" or self.d_state != 1:
+                raise RuntimeError("scan_impl='fused' needs numba, CPU tensors and d_state 1")
+            return True
+        return (
+            self.scan_impl == "auto"
+            and self.d_state == 1
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and fused_scan_available()
+        )
+
+    def _forward_fused(self, x: Tensor) -> Tensor:
+        """Steps 2-5 with the fused CPU kernel, channel-last throughout: the projections act on
+        the unpermuted map and the kernel walks each direction's order itself, so there are no
+        cross-scan copies, flips or merge (same values as the PyTorch path up to rounding)."""
+        b, H, W, _ = x.shape
+        L, di, K, R = H * W, self.d_inner, K_DIRECTIONS, self.dt_rank
+        u = F.silu(self.conv2d(self.in_proj(x).permute(0, 3, 1, 2)))  # channels-last memory
+        u = u.permute(0, 2, 3, 1).reshape(b, L, di)  # a view when the conv kept that layout
+        proj = F.linear(u, self.x_proj_weight.reshape(K * (R + 2), di)).view(b, L, K, R + 2)
+        dts, Bs, Cs = proj.split([R, 1, 1], dim=-1)
+        # delta[k, :, t] = dt_projs_weight[k] @ dts[:, t, k] + dt_projs_bias[k], the bias added by
+        # the matmul (baddbmm) rather than by a pass of its own
+        delta = torch.baddbmm(
+            self.dt_projs_bias[:, None],
+            dts.permute(2, 0, 1, 3).reshape(K, b * L, R),
+            self.dt_projs_weight.transpose(1, 2),
+        ).view(K, b, L, di)
+        A = -torch.exp(self.A_logs)
+        y = ss2d_scan_fused(u, delta, A, Bs[..., 0], Cs[..., 0], self.Ds, None, H, W)
+        return self.out_proj(self.out_norm(y.view(b, H, W, di)))
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, dim) -> (B, H, W, dim)."""
+        if self._use_fused(x):
+            return self._forward_fused(x)
         b, H, W, _ = x.shape
         u, delta, Bs, Cs = self.ssm_inputs(x)
         y = selective_scan_fn(
@@ -233,8 +260,9 @@ class VMamba(nn.Module):
         img_size: nominal input size (informational; any size divisible by 32 works).
         d_state, ssm_ratio, mlp_ratio: SS2D state size, d_inner / d, MLP hidden / d.
         drop_path_rate: stochastic depth, linear from 0 over all blocks.
-        scan_impl: ``"auto"`` (mamba-ssm on CUDA if installed, else the fast path), ``"fast"`` or
-            ``"ref"`` (the sequential definition; slow, for benchmarks).
+        scan_impl: ``"auto"`` (mamba-ssm on CUDA if installed; on CPU the fused numba kernel, else
+            the chunked PyTorch scan), ``"fused"``, ``"fast"`` or ``"ref"`` (the sequential
+            definition; slow, for benchmarks); see :class:`SS2D`.
         use_mask_token: create the learned mask token used by ``forward(x, mask)`` (OpenUS MIM).
 
     Ref: OpenUS notes §1.1.
