@@ -1,4 +1,4 @@
-"""Selective scan on CPU: the sequential reference vs the chunked fast path (same results).
+"""Selective scan on CPU: the sequential reference vs the chunked fast path and the fused kernel.
 
 Two parts, one run, one thread count (``--threads``, default 2); the model first, and the JSON
 written after each part (``"complete": false`` until the kernel cases are in):
@@ -10,9 +10,12 @@ written after each part (``"complete": false`` until the kernel cases are in):
   reference's forward+backward runs once at L >= 784: seconds, ~15 s at L = 3136).
 * **Model** (``--no-model`` skips it). ``vmamba_small`` at 224 px, batch 2: forward-only (eval,
   ``torch.no_grad()``) and forward+backward (train, backward of ``(out * w).sum()``) with
-  ``scan_impl="fast"`` and ``"ref"`` (same weights), and a third arm whose scan is replaced by
-  ``u * D`` (no scan at all): the cost of the rest of the model, which bounds any ratio, since
-  ref / fast <= ref / no-scan. The arms run interleaved (fast, ref, no-scan, fast, ref, ...)
+  ``scan_impl="fused"`` (the default CPU path: SS2D's four directions, scan and merge in one
+  numba kernel, :mod:`uslib.ops.ss2d_scan`), ``"fast"`` (the chunked PyTorch scan inside the
+  PyTorch cross-scan / merge) and ``"ref"`` (the sequential definition), same weights, and a
+  fourth arm, the PyTorch path with its scan replaced by ``u * D`` (no scan at all): the cost of
+  the rest of that path, which bounds its ratio, since ref / fast <= ref / no-scan (the fused
+  arm also drops the cross-scan copies, so it is not bounded by it). The arms run interleaved
   so that the load of a shared machine hits them alike; best of ``--model-repeats`` (forward)
   and ``--model-repeats-bwd`` (forward+backward) rounds.
 
@@ -37,6 +40,7 @@ from recording import machine_info, write_result
 import uslib.models.vmamba as vmamba
 from uslib.models import create_backbone
 from uslib.ops.selective_scan import selective_scan_fast, selective_scan_ref
+from uslib.ops.ss2d_scan import fused_scan_available
 
 OUT = Path(__file__).resolve().parent / "results" / "selective_scan.json"
 # (L, channels = 4 directions x d_inner, d_state) at VMamba-S stage resolutions
@@ -129,9 +133,12 @@ def _git_commit() -> dict[str, Any]:
 
 
 def model_compare(img: int, batch: int, repeats: int, repeats_bwd: int) -> dict[str, Any]:
-    """``vmamba_small`` forward-only and forward+backward: fast vs ref vs no-scan, interleaved."""
+    """``vmamba_small`` forward-only and forward+backward: fused vs fast vs ref vs no-scan,
+    interleaved (no fused arm without numba)."""
     torch.manual_seed(0)
     models = {"fast": create_backbone("vmamba_small", img_size=img, scan_impl="fast")}
+    if fused_scan_available():
+        models["fused"] = create_backbone("vmamba_small", img_size=img, scan_impl="fused")
     models["ref"] = create_backbone("vmamba_small", img_size=img, scan_impl="ref")
     models["no_scan"] = create_backbone("vmamba_small", img_size=img, scan_impl="fast")
     for m in list(models.values())[1:]:
@@ -176,16 +183,30 @@ def model_compare(img: int, batch: int, repeats: int, repeats_bwd: int) -> dict[
         row = {"best_s": best, "all_s": times, "ref_over_fast": best["ref"] / best["fast"],
                "ceiling_ref_over_no_scan": best["ref"] / best["no_scan"],
                "max_rel_err_out": err}  # fmt: skip
-        if backward:  # the gradients of the last round (same weights, same input)
-            pf, pr = dict(models["fast"].named_parameters()), dict(models["ref"].named_parameters())
-            row["max_rel_err_param_grad"] = max(
-                float((pf[k].grad - p.grad).abs().max() / p.grad.abs().max().clamp_min(1e-30))
-                for k, p in pr.items()
-                if p.grad is not None and float(p.grad.abs().max()) > 0
+        if "fused" in outs:
+            row["ref_over_fused"] = best["ref"] / best["fused"]
+            row["max_rel_err_out_fused"] = float(
+                (outs["fused"] - outs["ref"]).abs().max() / outs["ref"].abs().max()
             )
+        if backward:  # the gradients of the last round (same weights, same input)
+            pr = dict(models["ref"].named_parameters())
+            for arm, key_ in (
+                ("fast", "max_rel_err_param_grad"),
+                ("fused", "max_rel_err_param_grad_fused"),
+            ):
+                if arm not in models:
+                    continue
+                pf = dict(models[arm].named_parameters())
+                row[key_] = max(
+                    float((pf[k].grad - p.grad).abs().max() / p.grad.abs().max().clamp_min(1e-30))
+                    for k, p in pr.items()
+                    if p.grad is not None and float(p.grad.abs().max()) > 0
+                )
         res[key] = row
         ceiling = row["ceiling_ref_over_no_scan"]
-        print(f"vmamba_small {img}px b{batch} {key:7s}: fast {best['fast']:.3f}s ref "
+        fused = (f"fused {best['fused']:.3f}s (ref/fused x{row['ref_over_fused']:.2f}) "
+                 if "fused" in best else "")  # fmt: skip
+        print(f"vmamba_small {img}px b{batch} {key:7s}: {fused}fast {best['fast']:.3f}s ref "
               f"{best['ref']:.3f}s no-scan {best['no_scan']:.3f}s | ref/fast "
               f"x{row['ref_over_fast']:.2f} (ceiling ref/no-scan x{ceiling:.2f})"
               f" | rel err out {err:.1e} | load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip

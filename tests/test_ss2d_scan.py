@@ -48,8 +48,9 @@ def _definition(u, delta, A, B, C, D, bias, H, W):
         (1, 16, 1, 7, 2, True),
     ],
 )
-def test_fused_matches_definition_values_and_gradients(b, di, H, W, threads, bias):
+def test_fused_matches_definition_values_and_gradients(b, di, H, W, threads, bias, monkeypatch):
     # di = 40 and 33 with 2 threads: two workers over channel ranges (partial B / C gradients)
+    monkeypatch.setattr(ss2d_scan, "MIN_ELEMS_PER_WORKER", 1)
     ts = _inputs(b, di, H, W, bias=bias)
     ref = [t.detach().double().requires_grad_() if t is not None else None for t in ts]
     gy = torch.randn(b, H * W, di, generator=torch.Generator().manual_seed(1))
@@ -72,7 +73,8 @@ def test_fused_matches_definition_values_and_gradients(b, di, H, W, threads, bia
         assert err < 1e-5, f"gradient of {name}: relative error {err:.1e}"
 
 
-def test_thread_count_does_not_change_the_result():
+def test_thread_count_does_not_change_the_result(monkeypatch):
+    monkeypatch.setattr(ss2d_scan, "MIN_ELEMS_PER_WORKER", 1)
     ts = [t.detach() if t is not None else None for t in _inputs(2, 64, 4, 4)]
     old, outs = torch.get_num_threads(), []
     try:
@@ -81,7 +83,9 @@ def test_thread_count_does_not_change_the_result():
             outs.append(ss2d_scan_fused(*ts, 4, 4))
     finally:
         torch.set_num_threads(old)
-    assert ss2d_scan._workers(64) == min(old, 4)
+    assert ss2d_scan._workers(64, 8192) == min(old, 4)
+    monkeypatch.setattr(ss2d_scan, "MIN_ELEMS_PER_WORKER", 8192)
+    assert ss2d_scan._workers(64, 8192) == 1  # too little work to split
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)  # channels are independent
 
 

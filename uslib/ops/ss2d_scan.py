@@ -36,6 +36,7 @@ Ref: Mamba (Gu & Dao 2023) Alg. 2 and §3.3 (a fused, recomputing scan); VMamba 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -169,14 +170,23 @@ _POOL_LOCK = threading.Lock()
 _POOL: dict[int, ThreadPoolExecutor] = {}
 
 
-def _workers(n: int) -> int:
-    return max(1, min(torch.get_num_threads(), n // 16 or 1))
+# elements (B L D per direction x 4) a worker thread must get before a call is split: below it
+# the thread hand-off and the contention with torch's still-spinning OpenMP threads cost more
+# than the second core gives (measured on vmamba_small, 2 threads)
+MIN_ELEMS_PER_WORKER = int(os.environ.get("USLIB_SS2D_MIN_PER_WORKER", 2**22))
 
 
-def _run_cols(kernel: Callable[..., Any], n: int, args_for: Callable[[int], tuple]) -> None:
+def _workers(n: int, elems: int) -> int:
+    """Threads for a call over ``n`` channels and ``elems`` scan elements."""
+    by_work = max(1, elems // MIN_ELEMS_PER_WORKER)
+    return max(1, min(torch.get_num_threads(), n // 16 or 1, by_work))
+
+
+def _run_cols(
+    kernel: Callable[..., Any], n: int, workers: int, args_for: Callable[[int], tuple]
+) -> None:
     """``kernel(*args_for(w), c0, c1)`` on :func:`_workers` threads over disjoint channel
     ranges (multiples of 16 floats, one AVX-512 register), the calling thread taking the first."""
-    workers = _workers(n)
     bounds = [
         min(n, -(-n * w // workers) // 16 * 16) if w < workers else n for w in range(workers + 1)
     ]
@@ -238,7 +248,7 @@ class _FusedScan(torch.autograd.Function):
         orders = _orders_np(H, W)
         y = torch.empty(b, L, di, dtype=f32)
         arrays = [_np(t) for t in (uc, dt, dA, Bc, Cc, Dsum)]
-        _run_cols(fwd, di, lambda w: (*arrays, orders, y.numpy()))
+        _run_cols(fwd, di, _workers(di, dt.numel()), lambda w: (*arrays, orders, y.numpy()))
         ctx.save_for_backward(uc, pre, dt, dA, Ac, Bc, Cc, Dsum)
         ctx.HW, ctx.no_bias, ctx.dtypes = (
             (H, W),
@@ -256,12 +266,12 @@ class _FusedScan(torch.autograd.Function):
         gyc = gy.to(torch.float32).contiguous()
         gu, gdt = torch.empty_like(uc), torch.empty_like(dt)
         gA, gD = uc.new_zeros(K, di), uc.new_zeros(K, di)
-        workers = _workers(di)
+        workers = _workers(di, dt.numel())
         gB, gC = uc.new_zeros(workers, b, L, K), uc.new_zeros(workers, b, L, K)
         arrays = [_np(t) for t in (uc, dt, dA, Bc, Cc, Ac.reshape(K, di), Dsum)]
         outs = [_np(t) for t in (gyc, gu, gdt, gA, gD)]
         orders = _orders_np(*ctx.HW)
-        _run_cols(bwd, di, lambda w: (*arrays, orders, *outs, _np(gB[w]), _np(gC[w])))
+        _run_cols(bwd, di, workers, lambda w: (*arrays, orders, *outs, _np(gB[w]), _np(gC[w])))
         gdelta = gdt.mul_(torch.sigmoid(pre))  # d softplus(x) / dx = sigmoid(x)
         du, dd, dA_, dB, dC, dD = ctx.dtypes
         return (
