@@ -225,6 +225,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     load_before = os.getloadavg()
+    git = _git_commit()  # at the start: the run's own output would make the tree dirty later
     repeats = 1 if a.quick else a.repeats
     out = a.out or (None if a.quick else OUT)
     result: dict[str, Any] = {"benchmark": "selective_scan", "dtype": "float32",
@@ -232,7 +233,7 @@ def main() -> None:
 
     def write(part: str) -> None:  # after each part: a run cut short keeps what it measured
         machine = {**machine_info(a.threads), "loadavg_before": load_before,
-                   "loadavg_after": os.getloadavg(), "git": _git_commit()}  # fmt: skip
+                   "loadavg_after": os.getloadavg(), "git": git}  # fmt: skip
         write_result(out, {**result, "machine": machine, "complete": part == "cases"})
 
     if not a.no_model:  # first: the model-level comparison (issue 15's acceptance line)

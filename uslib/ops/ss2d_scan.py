@@ -7,25 +7,26 @@ direction and sums the four outputs back in row-major order. Done with whole-ten
 flips, a merge, and a chunked scan of about twenty elementwise passes over (B, 4 D, L) buffers,
 each of them again in the backward.
 
-:func:`ss2d_scan_fused` does the same maths in one pass per direction: for every batch element b
-and channel c it walks the L tokens in each direction's order (an index table, no copies) and runs
-the recurrence of :mod:`uslib.ops.selective_scan` (mamba-ssm semantics, d_state N, softplus on
-delta + delta_bias)::
+:func:`ss2d_scan_fused` does the same maths in one pass per direction, for d_state 1 (VMamba v2
+and OpenUS): over channel-last buffers, with the channels as the SIMD axis, it walks the L tokens
+of each direction in that direction's order (an index table, no copies) and runs the recurrence
+of :mod:`uslib.ops.selective_scan` (mamba-ssm semantics, softplus on delta + delta_bias)::
 
-    dt_t = softplus(delta[b,k,c,t] + delta_bias[k,c])
-    h_t  = exp(dt_t A[k,c]) h_{t-1} + dt_t B[b,k,t] u[b,c,t]          (t in direction k's order)
-    y[b,c,t] = sum_k (sum_n C[b,k,n,t] h_t[n] + D[k,c] u[b,c,t])
+    dt_t = softplus(delta[k,b,t,c] + delta_bias[k,c])
+    h_t  = exp(dt_t A[k,c]) h_{t-1} + dt_t B[b,t,k] u[b,t,c]          (t in direction k's order)
+    y[b,t,c] = sum_k (C[b,t,k] h_t + D[k,c] u[b,t,c])
 
 with delta, B and C given in row-major token order (the x_proj / dt_proj matmuls act per token,
-so SS2D can compute them on the unpermuted map). The softplus and its derivative run in PyTorch
-(vectorised); the kernels hold the sequential recurrence, which is what a compiled loop does
-well: the backward recomputes the states of one row at a time and runs the adjoint recurrence
+so SS2D computes them on the unpermuted map). The softplus, the decays exp(dt A) and the
+softplus derivative are vectorised PyTorch passes; the kernels hold the sequential recurrence:
+the backward recomputes a direction's states and runs the adjoint recurrence
 ``lambda_t = C_t g_t + exp(dt_{t+1} A) lambda_{t+1}`` in reverse order (the gradients of B and C,
 sums over channels, go to one partial buffer per worker thread, then one sum).
 
-The kernels are plain numba ``@njit(nogil=True)`` functions run on ``torch.get_num_threads()``
-Python threads over disjoint row ranges (no numba threading layer). numba is a dependency of
-the package but the import is guarded: without it :func:`fused_scan_available` is False and SS2D
+The kernels are plain numba ``@njit(nogil=True)`` functions over a channel range, run on up to
+``torch.get_num_threads()`` Python threads (no numba threading layer), a call being split only
+when each thread gets at least ``MIN_ELEMS_PER_WORKER`` elements. numba is a dependency of the
+package but the import is guarded: without it :func:`fused_scan_available` is False and SS2D
 takes the PyTorch path. Tested against the composition cross-scan -> ``selective_scan_ref`` ->
 cross-merge (values and every gradient) in ``tests/test_ss2d_scan.py``.
 
