@@ -143,13 +143,16 @@ def test_image_pool_skips_masks_by_the_layouts_rule(tmp_path: Path) -> None:
     from uslib.methods.tinyusfm_data import ImagePool
 
     names = ["a/x (1).png", "a/x (1)_mask.png", "a/x (1)_Mask_1.png", "masks/001_HC.png",
-             "images/001_HC.png", "b/maskless scan.png"]  # fmt: skip
+             "images/001_HC.png", "b/maskless scan.png", "b/c.webp", "b/.hidden.png"]  # fmt: skip
     for n in names:
         (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((10, 12), 128, np.uint8)).save(tmp_path / n)
     pool = ImagePool(tmp_path, img_size=8)
     kept = {f.relative_to(tmp_path).as_posix() for f in pool.files}
-    assert kept == {"a/x (1).png", "images/001_HC.png", "b/maskless scan.png"}
+    # every extension of media.IMAGE_EXTS (.webp included); hidden files skipped as by the loaders
+    assert kept == {"a/x (1).png", "images/001_HC.png", "b/maskless scan.png", "b/c.webp"}
+    (tmp_path / "b/notes.txt").write_text("not an image")
+    assert len(ImagePool(tmp_path, img_size=8)) == len(kept)
     assert [n for n in names if is_mask_file(tmp_path / n)] == [
         "a/x (1)_mask.png", "a/x (1)_Mask_1.png", "masks/001_HC.png"]  # fmt: skip
     item = pool[0]

@@ -32,12 +32,12 @@ from uslib import runs
 from uslib.config import DataConfig
 from uslib.data.coreset import CoresetSelection
 from uslib.data.items import is_mask_file
+from uslib.data.media import IMAGE_EXTS
 from uslib.data.sources import FrameArray, pocus_frame_array, pocus_root
+from uslib.data.validation import list_files
 from uslib.models import create_backbone
 from uslib.models.checkpoints import KINDS, load_official
 from uslib.paths import repo_relative, resolve_repo_path
-
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -98,18 +98,16 @@ def build_teacher(cfg: Any) -> TeacherInfo | None:
 
 
 class ImagePool(Dataset):
-    """Every image file under a folder except masks (``items.is_mask_file``: ``<stem>_mask*``
-    files and ``masks/`` folders, the rule of the paired layouts), grey, resized to
-    ``img_size``: ``{"image", "index"}``."""
+    """Every still image under a folder (``validation.list_files`` with ``media.IMAGE_EXTS``: the
+    one walk of the loaders, which logs what it skips) except masks (``items.is_mask_file``:
+    ``<stem>_mask*`` files and ``masks/`` folders, the rule of the paired layouts), grey, resized
+    to ``img_size``: ``{"image", "index"}``."""
 
     def __init__(self, root: str | Path, img_size: int) -> None:
-        self.files = sorted(
-            f
-            for f in Path(root).rglob("*")
-            if f.suffix.lower() in IMAGE_SUFFIXES and not is_mask_file(f)
-        )
+        self.files = [f for f in list_files(root, IMAGE_EXTS) if not is_mask_file(f)]
         if not self.files:
-            raise FileNotFoundError(f"data_root {root}: no image files ({IMAGE_SUFFIXES})")
+            exts = ", ".join(sorted(IMAGE_EXTS))
+            raise FileNotFoundError(f"data_root {root}: no image files ({exts})")
         self.img_size = img_size
 
     def __len__(self) -> int:
