@@ -86,18 +86,25 @@ def _jit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_jit
+def _skip_rows(out, Dsum, x, i, c0, c1):
+    # out[i, t, c] = Dsum[c] x[i, t, c] for every token t and owned channel c: the D u term of
+    # the output (forward) and of the input gradient (backward), summed over the 4 directions
+    ds = Dsum[c0:c1]
+    for t in range(x.shape[1]):
+        o, r = out[i, t, c0:c1], x[i, t, c0:c1]
+        for j in range(c1 - c0):
+            o[j] = ds[j] * r[j]
+
+
+@_jit
 def _fwd_cols(u, dt, dA, Bs, Cs, Dsum, orders, y, c0, c1):
     # channel-last: u, y (b, L, di); dt, dA (K, b, L, di); Bs, Cs (b, L, K); Dsum (di,);
     # orders (K, L). This call owns channels c0 <= c < c1 (the inner loop is over them, SIMD).
     b, L = u.shape[0], u.shape[1]
     K, nc = dt.shape[0], c1 - c0
     h = np.zeros(nc, np.float32)
-    ds = Dsum[c0:c1]
     for i in range(b):
-        for t in range(L):
-            yr, ur = y[i, t, c0:c1], u[i, t, c0:c1]
-            for j in range(nc):
-                yr[j] = ds[j] * ur[j]
+        _skip_rows(y, Dsum, u, i, c0, c1)
         for k in range(K):
             h[:] = 0.0
             for p in range(L):
@@ -119,12 +126,8 @@ def _bwd_cols(u, dt, dA, Bs, Cs, A, Dsum, orders, gy, gu, gdt, gA, gD, gB, gC, c
     K, nc = dt.shape[0], c1 - c0
     hs = np.zeros((L + 1, nc), np.float32)  # hs[p + 1] = h after step p; hs[0] = 0
     lam = np.zeros(nc, np.float32)
-    ds = Dsum[c0:c1]
     for i in range(b):
-        for t in range(L):
-            gur, gyr = gu[i, t, c0:c1], gy[i, t, c0:c1]
-            for j in range(nc):
-                gur[j] = ds[j] * gyr[j]
+        _skip_rows(gu, Dsum, gy, i, c0, c1)
         for k in range(K):
             Ak, gAk, gDk = A[k, c0:c1], gA[k, c0:c1], gD[k, c0:c1]
             for p in range(L):  # recompute the states of this direction
