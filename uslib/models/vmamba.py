@@ -27,11 +27,14 @@ from torch import Tensor, nn
 
 from uslib.models import BACKBONES
 from uslib.ops.selective_scan import selective_scan_attention, selective_scan_fn
-from uslib.ops.ss2d_scan import fused_scan_available, scan_orders, ss2d_scan_fused
+from uslib.ops.ss2d_scan import (
+    K_DIRECTIONS,
+    fused_scan_available,
+    scan_orders,
+    ss2d_scan_fused,
+)
 
 __all__ = ["VMamba", "SS2D", "VSSBlock", "cross_scan", "cross_merge", "scan_orders"]
-
-K_DIRECTIONS = 4
 
 
 def cross_scan(x: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ from torch import Tensor
 
 __all__ = ["scan_orders", "ss2d_scan_fused", "fused_scan_available"]
 
-K_DIRECTIONS = 4
+K_DIRECTIONS = 4  # SS2D's scan directions (OpenUS notes §1.1); VMamba imports it from here
 
 
 def scan_orders(H: int, W: int, device: torch.device | None = None) -> Tensor:
@@ -326,7 +326,7 @@ def ss2d_scan_fused(
         (B, L, D): the sum over the four directions of each scan's output, row-major tokens,
         in u's dtype (computed in float32). Differentiable in every tensor argument.
     """
-    if _kernels() is None:
+    if not fused_scan_available():
         raise RuntimeError("ss2d_scan_fused needs numba (a dependency of uslib: pip install numba)")
     _check(u, delta, A, B, C, D, delta_bias, H, W)
     return _FusedScan.apply(u, delta, A, B, C, D, delta_bias, H, W)
